@@ -1,0 +1,19 @@
+"""Where the queuectl database lives: QUEUECTL_DB, else a per-user data directory."""
+
+from __future__ import annotations
+
+import os
+
+
+def default_db_path() -> str:
+    """The database the CLI and the workers share unless QUEUECTL_DB names another."""
+    explicit = os.environ.get("QUEUECTL_DB")
+    if explicit:
+        return os.path.abspath(os.path.expanduser(explicit))
+    data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(data_home, "queuectl", "queuectl.db")
+
+
+def broker_url(path: str) -> str:
+    """The sqlite:// URL of an absolute database path."""
+    return "sqlite:///" + os.path.abspath(path)

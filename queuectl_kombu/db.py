@@ -1,0 +1,176 @@
+"""SQLite connections: path checks, pragmas, schema, write transactions, one connection per thread and process."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import stat
+import threading
+from collections.abc import Iterator
+
+from . import sql
+from .exceptions import DatabaseUnusable
+
+logger = logging.getLogger(__name__)
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+MIN_SQLITE = (3, 35, 0)  # UPDATE ... RETURNING
+
+#: Connections inherited through fork(). Closing one in the child could checkpoint or delete the
+#: parent's WAL, so they are kept referenced here and never touched again.
+_abandoned: list[sqlite3.Connection] = []
+
+
+def check_path(path: str) -> None:
+    """Raise DatabaseUnusable, naming the path, unless `path` can hold a queuectl database."""
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        raise DatabaseUnusable(
+            f"SQLite {sqlite3.sqlite_version} is too old: queuectl needs 3.35 or newer"
+        )
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        raise DatabaseUnusable(f"cannot open database {path}: directory {directory} does not exist")
+    if os.path.isdir(path):
+        raise DatabaseUnusable(f"cannot open database {path}: it is a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise DatabaseUnusable(
+            f"cannot open database {path}: directory {directory} is not writable "
+            "(SQLite keeps its -wal and -shm files beside the database)"
+        )
+    if os.path.exists(path):
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise DatabaseUnusable(f"cannot open database {path}: the file is read-only")
+        with open(path, "rb") as f:
+            header = f.read(len(SQLITE_HEADER))
+        if header and header != SQLITE_HEADER:
+            raise DatabaseUnusable(f"cannot open database {path}: the file is not a SQLite database")
+
+
+def _create_private(path: str) -> None:
+    """Create the database file readable and writable by its owner only (SQLite gives its
+    -wal and -shm files the same mode)."""
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
+        os.close(fd)
+
+
+def _open(path: str, synchronous: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(
+        path, timeout=30.0, isolation_level=None, check_same_thread=False
+    )
+    conn.row_factory = sqlite3.Row
+    try:
+        conn.execute("PRAGMA busy_timeout = 30000")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise DatabaseUnusable(f"cannot open database {path}: WAL mode refused ({mode})")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute("PRAGMA journal_size_limit = 8388608")
+        conn.execute("PRAGMA temp_store = MEMORY")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        if isinstance(exc, DatabaseUnusable):
+            raise
+        raise DatabaseUnusable(f"cannot open database {path}: {exc}") from exc
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == sql.SCHEMA_VERSION:
+        return
+    if version > sql.SCHEMA_VERSION:
+        raise DatabaseUnusable(
+            f"database {path} has schema version {version}; this queuectl knows up to "
+            f"{sql.SCHEMA_VERSION}: upgrade queuectl"
+        )
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            for statement in sql.statements(sql.SCHEMA):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {sql.SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    logger.info("created the queuectl schema (version %d) in %s", sql.SCHEMA_VERSION, path)
+
+
+class Database:
+    """One SQLite file; hands each thread of each process its own connection."""
+
+    def __init__(self, path: str, synchronous: str = "NORMAL") -> None:
+        if synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
+            raise DatabaseUnusable(f"synchronous must be NORMAL, FULL or EXTRA, not {synchronous!r}")
+        self.path = os.path.abspath(os.path.expanduser(path))
+        self.synchronous = synchronous.upper()
+        self._local = threading.local()
+        self._pid = os.getpid()
+        self._ready = False
+        self._lock = threading.Lock()
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened (and the schema created) on first use."""
+        if self._pid != os.getpid():
+            self._after_fork()
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        check_path(self.path)
+        if not os.path.exists(self.path):
+            _create_private(self.path)
+        conn = _open(self.path, self.synchronous)
+        if not self._ready:
+            with self._lock:
+                try:
+                    _migrate(conn, self.path)
+                except sqlite3.DatabaseError as exc:
+                    conn.close()
+                    raise DatabaseUnusable(f"cannot open database {self.path}: {exc}") from exc
+                self._ready = True
+        return conn
+
+    def _after_fork(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            _abandoned.append(conn)
+        self._local = threading.local()
+        self._pid = os.getpid()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A short write transaction: BEGIN IMMEDIATE, COMMIT, or ROLLBACK on error."""
+        conn = self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def data_version(self) -> int:
+        """Changes whenever another connection, in any process, commits to the file."""
+        return self.connection().execute("PRAGMA data_version").fetchone()[0]
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """Run a passive WAL checkpoint; returns (busy, wal pages, checkpointed pages)."""
+        row = self.connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return (row[0], row[1], row[2])
+
+    def close(self) -> None:
+        """Close this thread's connection (in the process that opened it)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._pid == os.getpid():
+            conn.close()
+        self._local = threading.local()

@@ -1,0 +1,50 @@
+"""The Job record as the store returns it."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .states import JobState
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of the jobs table."""
+
+    id: int
+    task_id: str | None
+    task_name: str | None
+    queue: str
+    state: JobState
+    priority: int
+    payload: str
+    attempts: int
+    max_retries: int | None
+    next_run_at: float
+    lease_owner: str | None
+    lease_expires_at: float | None
+    expires_at: float | None
+    created_at: float
+    updated_at: float
+    last_error: str | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        """Build a Job from a ``SELECT *`` row."""
+        values: dict[str, Any] = {f.name: row[f.name] for f in fields(cls)}
+        values["state"] = JobState(values["state"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job just moved to processing by a claim."""
+
+    id: int
+    queue: str
+    priority: int
+    attempts: int
+    task_id: str | None
+    payload: str

@@ -1,0 +1,129 @@
+"""Wake-ups when the database changes: inotify on the WAL file, or a short poll where there is none."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import select
+import struct
+import time
+
+logger = logging.getLogger(__name__)
+
+IN_MODIFY = 0x00000002
+IN_ATTRIB = 0x00000004
+IN_CLOSE_WRITE = 0x00000008
+IN_DELETE_SELF = 0x00000400
+IN_MOVE_SELF = 0x00000800
+IN_IGNORED = 0x00008000
+IN_NONBLOCK = 0o4000
+IN_CLOEXEC = 0o2000000
+_EVENT = struct.Struct("iIII")
+_MASK = IN_MODIFY | IN_CLOSE_WRITE | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        libc = ctypes.CDLL(name, use_errno=True)
+        libc.inotify_init1  # noqa: B018 - probe
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+class ChangeWaiter:
+    """Blocks until the database's WAL file is written (any process, any commit) or a timeout.
+
+    Every commit in WAL mode writes the -wal file, so an inotify watch on it wakes a consumer
+    within microseconds of a publish or an ack, and costs nothing while nothing happens. Where
+    inotify is missing it falls back to sleeping `poll_interval`; callers re-check the database
+    (PRAGMA data_version) after every wake-up, so a spurious wake-up is harmless.
+    """
+
+    def __init__(self, db_path: str, poll_interval: float = 0.05) -> None:
+        self.wal_path = db_path + "-wal"
+        self.poll_interval = poll_interval
+        self._fd = -1
+        self._wd = -1
+        self._pid = os.getpid()
+        self._libc = _libc()
+        if self._libc is not None:
+            fd = self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+            if fd >= 0:
+                self._fd = fd
+                self._watch()
+        if self._fd < 0:
+            logger.info("inotify is not available: polling %s every %gs", db_path, poll_interval)
+
+    @property
+    def uses_inotify(self) -> bool:
+        """True when wake-ups come from the kernel rather than from polling."""
+        return self._fd >= 0 and self._wd >= 0
+
+    def fileno(self) -> int:
+        """The inotify descriptor (-1 when polling), for an event loop to watch."""
+        return self._fd
+
+    def _watch(self) -> None:
+        assert self._libc is not None
+        if not os.path.exists(self.wal_path):
+            self._wd = -1
+            return
+        wd = self._libc.inotify_add_watch(self._fd, os.fsencode(self.wal_path), _MASK)
+        self._wd = wd if wd >= 0 else -1
+
+    def drain(self) -> None:
+        """Read pending events; re-arm the watch if the WAL file went away and came back."""
+        if self._fd < 0:
+            return
+        rearm = self._wd < 0
+        while True:
+            try:
+                data = os.read(self._fd, 65536)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.EINTR:
+                    continue
+                raise
+            offset = 0
+            while offset + _EVENT.size <= len(data):
+                _wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+                if mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):
+                    rearm = True
+                offset += _EVENT.size + length
+        if rearm:
+            self._watch()
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until the file changes or `timeout` seconds pass; True if woken by a change."""
+        if timeout <= 0:
+            return False
+        if not self.uses_inotify:
+            if self._fd >= 0:
+                self._watch()  # the WAL file may exist by now
+                if self.uses_inotify:
+                    return self.wait(timeout)
+            time.sleep(min(timeout, self.poll_interval))
+            return False
+        try:
+            readable, _, _ = select.select([self._fd], [], [], timeout)
+        except InterruptedError:
+            return False
+        if readable:
+            self.drain()
+            return True
+        return False
+
+    def close(self) -> None:
+        """Release the inotify descriptor (only in the process that made it)."""
+        if self._fd >= 0 and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = -1
+        self._wd = -1

@@ -1,0 +1,47 @@
+"""The SQL files shipped with the package: the schema and every named query."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from importlib import resources
+
+_NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+
+
+def read(filename: str) -> str:
+    """Return the text of one SQL file of this package."""
+    return resources.files(__package__).joinpath(filename).read_text(encoding="utf-8")
+
+
+def parse_queries(text: str) -> dict[str, str]:
+    """Split a queries file into {name: statement} on its ``-- name: x`` lines."""
+    parts = _NAME.split(text)
+    queries: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2]):
+        lines = [line for line in body.strip().splitlines() if not line.lstrip().startswith("--")]
+        if name in queries:
+            raise ValueError(f"query {name!r} is defined twice")
+        queries[name] = "\n".join(lines).strip()
+    return queries
+
+
+def statements(script: str) -> list[str]:
+    """Split a script into complete statements (executescript would commit an open transaction)."""
+    result: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        if not pending and line.lstrip().startswith("--"):
+            continue
+        pending += line
+        if sqlite3.complete_statement(pending):
+            result.append(pending.strip())
+            pending = ""
+    if pending.strip():
+        raise ValueError(f"incomplete SQL statement: {pending.strip()[:60]!r}")
+    return result
+
+
+SCHEMA: str = read("schema.sql")
+SCHEMA_VERSION = 1
+QUERIES: dict[str, str] = parse_queries(read("queries.sql"))

@@ -1,0 +1,77 @@
+-- The queuectl schema, version 1. Applied once to a new file; later versions migrate in place
+-- (queuectl_kombu/sql/migrations/, PRAGMA user_version).
+--
+-- A job is one message in one queue. Its states and the only transitions allowed
+-- (written down again in queuectl_kombu/states.py):
+--   pending    -> processing   claim (attempts + 1, lease taken)
+--   failed     -> processing   claim, once next_run_at is due (a retry waiting for its backoff)
+--   processing -> completed    ack (deleted at once when retention is 0)
+--   processing -> pending      requeue (reject with requeue, restore at shutdown: attempts - 1),
+--                              lease expired (the attempt counts)
+--   processing -> failed       reject without requeue, retries left: next_run_at = now + backoff
+--   processing -> dead         reject without requeue or lease expired, retries exhausted
+--   dead       -> pending      dlq retry (attempts reset)
+--   completed  -> (deleted)    after the retention time
+-- Times are UTC seconds since the epoch (REAL).
+
+CREATE TABLE IF NOT EXISTS jobs (
+    id               INTEGER PRIMARY KEY,
+    task_id          TEXT,
+    task_name        TEXT,
+    queue            TEXT    NOT NULL,
+    state            TEXT    NOT NULL
+                     CHECK (state IN ('pending', 'processing', 'completed', 'failed', 'dead')),
+    priority         INTEGER NOT NULL DEFAULT 0,
+    payload          TEXT    NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    max_retries      INTEGER,
+    next_run_at      REAL    NOT NULL,
+    lease_owner      TEXT,
+    lease_expires_at REAL,
+    expires_at       REAL,
+    created_at       REAL    NOT NULL,
+    updated_at       REAL    NOT NULL,
+    last_error       TEXT
+);
+
+-- Ready rows in claim order: higher priority first, then FIFO.
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (queue, priority DESC, id)
+    WHERE state IN ('pending', 'failed');
+-- Leases to renew and to recover.
+CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_expires_at) WHERE state = 'processing';
+-- Completed rows to prune once their retention time has passed.
+CREATE INDEX IF NOT EXISTS jobs_completed ON jobs (updated_at) WHERE state = 'completed';
+CREATE INDEX IF NOT EXISTS jobs_task_id ON jobs (task_id);
+
+-- Runtime settings shared by every process: key -> JSON value.
+CREATE TABLE IF NOT EXISTS config (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+-- Queues, exchanges and bindings live in the file so that every process routes alike.
+CREATE TABLE IF NOT EXISTS queues (
+    name         TEXT PRIMARY KEY,
+    arguments    TEXT NOT NULL DEFAULT '{}',
+    auto_delete  INTEGER NOT NULL DEFAULT 0,
+    exclusive    INTEGER NOT NULL DEFAULT 0,
+    expires_at   REAL,
+    created_at   REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS exchanges (
+    name         TEXT PRIMARY KEY,
+    type         TEXT NOT NULL CHECK (type IN ('direct', 'topic', 'fanout')),
+    durable      INTEGER NOT NULL DEFAULT 1,
+    auto_delete  INTEGER NOT NULL DEFAULT 0,
+    arguments    TEXT NOT NULL DEFAULT '{}'
+);
+
+CREATE TABLE IF NOT EXISTS bindings (
+    exchange     TEXT NOT NULL,
+    queue        TEXT NOT NULL,
+    routing_key  TEXT NOT NULL,
+    arguments    TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (exchange, queue, routing_key)
+);
+CREATE INDEX IF NOT EXISTS bindings_queue ON bindings (queue);

@@ -1,0 +1,382 @@
+"""JobStore: the only user of SQL; one method per verb; owns every job state change."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import settings as settings_mod
+from .db import Database
+from .exceptions import JobNotFound
+from .jobs import ClaimedJob, Job
+from .retry import RetryPolicy
+from .sql import QUERIES as Q
+from .states import JobState
+
+logger = logging.getLogger(__name__)
+
+#: How long a read of the config table is reused on the hot path (claims).
+SETTINGS_TTL = 1.0
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A message to insert: what publish needs besides the payload."""
+
+    queue: str
+    payload: str
+    priority: int = 0
+    next_run_at: float | None = None
+    task_id: str | None = None
+    task_name: str | None = None
+    max_retries: int | None = None
+    expires_at: float | None = None
+
+
+class JobStore:
+    """Every statement against one queuectl database goes through here."""
+
+    def __init__(
+        self, path: str, *, synchronous: str = "NORMAL", clock: Callable[[], float] = time.time
+    ) -> None:
+        self.db = Database(path, synchronous=synchronous)
+        self.path = self.db.path
+        self.clock = clock
+        self._settings: dict[str, Any] | None = None
+        self._settings_read_at = 0.0
+        #: Commits made by this process; with PRAGMA data_version it tells a consumer
+        #: whether anything may have changed since its last empty claim.
+        self._commits = itertools.count()
+        self.local_commits = 0
+        self._commits_lock = threading.Lock()
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open this thread's connection now: checks the path and creates the schema."""
+        self.db.connection()
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        self.db.close()
+
+    def _committed(self) -> None:
+        with self._commits_lock:
+            self.local_commits = next(self._commits)
+
+    def change_stamp(self) -> tuple[int, int]:
+        """A value that differs whenever anyone committed since it was last taken."""
+        return (self.db.data_version(), self.local_commits)
+
+    # -- settings -----------------------------------------------------------------------------
+
+    def settings(self, fresh: bool = False) -> dict[str, Any]:
+        """Defaults overlaid with the config table, re-read at most once a second unless fresh."""
+        now = time.monotonic()
+        if fresh or self._settings is None or now - self._settings_read_at > SETTINGS_TTL:
+            rows = {r[0]: r[1] for r in self.db.connection().execute(Q["get_config"])}
+            self._settings = settings_mod.from_rows(rows)
+            self._settings_read_at = now
+        return dict(self._settings)
+
+    def set_config(self, key: str, value: Any) -> tuple[str, Any]:
+        """Validate and store one setting; running processes pick it up within a second."""
+        name, typed = settings_mod.parse(key, value)
+        with self.db.write() as conn:
+            conn.execute(Q["set_config"], {"key": name, "value": json.dumps(typed)})
+        self._committed()
+        self._settings = None
+        logger.info("config %s = %r", name, typed)
+        return name, typed
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def publish(self, job: NewJob) -> int:
+        """Insert one pending job; returns its id."""
+        return self.publish_many([job])[0]
+
+    def publish_many(self, jobs: Iterable[NewJob]) -> list[int]:
+        """Insert pending jobs in one transaction: all or none."""
+        now = self.clock()
+        ids: list[int] = []
+        with self.db.write() as conn:
+            for job in jobs:
+                cur = conn.execute(Q["insert_job"], _insert_params(job, now))
+                ids.append(int(cur.lastrowid or 0))
+        self._committed()
+        if logger.isEnabledFor(logging.INFO):
+            for job_id in ids:
+                logger.info("job %d: pending", job_id)
+        return ids
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    def claim(
+        self, queues: Sequence[str], limit: int, owner: str, lease_seconds: float
+    ) -> list[ClaimedJob]:
+        """Move up to `limit` due jobs of `queues` to processing under a lease, in one transaction.
+
+        Higher priority first, then FIFO; queues are taken in the order given.
+        """
+        now = self.clock()
+        conn = self.db.connection()
+        ready = [q for q in queues if conn.execute(Q["has_ready"], {"queue": q, "now": now}).fetchone()]
+        if not ready or limit <= 0:
+            return []
+        claimed: list[ClaimedJob] = []
+        with self.db.write() as conn:
+            for queue in ready:
+                rows = conn.execute(
+                    Q["claim"],
+                    {
+                        "queue": queue,
+                        "now": now,
+                        "owner": owner,
+                        "lease_expires_at": now + lease_seconds,
+                        "limit": limit - len(claimed),
+                    },
+                ).fetchall()
+                batch = sorted((ClaimedJob(*row) for row in rows), key=lambda j: (-j.priority, j.id))
+                claimed.extend(batch)
+                if len(claimed) >= limit:
+                    break
+        if claimed:
+            self._committed()
+            if logger.isEnabledFor(logging.INFO):
+                for job in claimed:
+                    logger.info("job %d: processing (attempt %d, %s)", job.id, job.attempts, owner)
+        return claimed
+
+    def next_due(self, queues: Sequence[str]) -> float | None:
+        """When the earliest waiting job of `queues` becomes due, or None if none waits."""
+        conn = self.db.connection()
+        times = [conn.execute(Q["next_due"], {"queue": q}).fetchone()[0] for q in queues]
+        due = [t for t in times if t is not None]
+        return min(due) if due else None
+
+    def ack(self, job_id: int, owner: str, retention: float | None = None) -> bool:
+        """Complete a processing job (delete it when retention is 0). False if the lease was lost."""
+        if retention is None:
+            retention = self.settings()["retention"]
+        params = {"id": job_id, "owner": owner, "now": self.clock()}
+        with self.db.write() as conn:
+            if retention <= 0:
+                changed = conn.execute(Q["delete_processing"], params).rowcount
+            else:
+                changed = conn.execute(Q["complete"], params).rowcount
+        self._committed()
+        if not changed:
+            logger.warning("job %d: ack ignored, %s no longer holds its lease", job_id, owner)
+            return False
+        logger.info("job %d: completed", job_id)
+        return True
+
+    def requeue(self, job_id: int, owner: str) -> bool:
+        """Put a processing job back to pending as it was (the attempt does not count)."""
+        with self.db.write() as conn:
+            changed = conn.execute(
+                Q["requeue"], {"id": job_id, "owner": owner, "now": self.clock()}
+            ).rowcount
+        self._committed()
+        if not changed:
+            logger.warning("job %d: requeue ignored, %s no longer holds its lease", job_id, owner)
+            return False
+        logger.info("job %d: pending (requeued)", job_id)
+        return True
+
+    def fail(
+        self,
+        job_id: int,
+        owner: str,
+        error: str | None = None,
+        *,
+        max_retries: int | None = None,
+        backoff_base: float | None = None,
+    ) -> JobState | None:
+        """Apply the retry policy to a processing job whose attempt failed.
+
+        Settings not given come from the config table, read in the same transaction, so a change
+        applies to the next failure. Returns the new state, or None if the lease was lost.
+        """
+        now = self.clock()
+        with self.db.write() as conn:
+            row = conn.execute(Q["get_processing"], {"id": job_id, "owner": owner}).fetchone()
+            if row is None:
+                new_state = None
+            else:
+                config = settings_mod.from_rows({r[0]: r[1] for r in conn.execute(Q["get_config"])})
+                policy = RetryPolicy(
+                    max_retries=config["max_retries"] if max_retries is None else max_retries,
+                    backoff_base=config["backoff_base"] if backoff_base is None else backoff_base,
+                )
+                decision = policy.decide(row["attempts"], now, row["max_retries"])
+                reason = error or row["last_error"] or "rejected"
+                params = {"id": job_id, "owner": owner, "now": now, "error": reason}
+                if decision.state is JobState.FAILED:
+                    conn.execute(Q["retry_later"], {**params, "next_run_at": decision.next_run_at})
+                else:
+                    conn.execute(Q["bury"], params)
+                new_state = decision.state
+        self._committed()
+        if new_state is None:
+            logger.warning("job %d: reject ignored, %s no longer holds its lease", job_id, owner)
+        elif new_state is JobState.DEAD:
+            logger.warning(
+                "job %d: dead after %d attempts (retries exceeded): %s", job_id, row["attempts"], reason
+            )
+        else:
+            logger.info(
+                "job %d: failed, retry in %.3gs (attempt %d): %s",
+                job_id, decision.next_run_at - now, row["attempts"], reason,
+            )
+        return new_state
+
+    def record_error(self, task_id: str, error: str) -> None:
+        """Keep the error of a running task, for the reject that follows."""
+        with self.db.write() as conn:
+            conn.execute(Q["record_error"], {"task_id": task_id, "error": error})
+        self._committed()
+
+    # -- leases and housekeeping ----------------------------------------------------------------
+
+    def renew_leases(self, owner: str, lease_seconds: float) -> int:
+        """Extend every lease `owner` holds; returns how many."""
+        with self.db.write() as conn:
+            n = conn.execute(
+                Q["renew_leases"], {"owner": owner, "lease_expires_at": self.clock() + lease_seconds}
+            ).rowcount
+        return n
+
+    def recover_expired_leases(self) -> list[tuple[int, str | None, JobState, int]]:
+        """Jobs whose consumer died go back to pending (dead once retries are exhausted)."""
+        now = self.clock()
+        conn = self.db.connection()
+        if conn.execute(Q["has_expired_leases"], {"now": now}).fetchone() is None:
+            return []
+        max_retries = self.settings(fresh=True)["max_retries"]
+        with self.db.write() as conn:
+            rows = conn.execute(
+                Q["recover_expired_leases"], {"now": now, "max_retries": max_retries}
+            ).fetchall()
+        self._committed()
+        recovered = [(r[0], r[1], JobState(r[2]), r[3]) for r in rows]
+        for job_id, task_id, state, attempts in recovered:
+            logger.warning(
+                "job %d (task %s): lease expired after attempt %d, now %s", job_id, task_id, attempts, state
+            )
+        return recovered
+
+    def prune_completed(self, retention: float | None = None, batch: int = 5000) -> int:
+        """Delete completed jobs older than the retention time, in short batches."""
+        if retention is None:
+            retention = self.settings()["retention"]
+        cutoff = self.clock() - retention
+        total = 0
+        while True:
+            with self.db.write() as conn:
+                n = conn.execute(Q["prune_completed"], {"cutoff": cutoff, "limit": batch}).rowcount
+            total += n
+            if n < batch:
+                break
+        if total:
+            self._committed()
+            logger.info("pruned %d completed jobs", total)
+        return total
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """Passive WAL checkpoint (the WAL is truncated to 8 MiB when it resets)."""
+        return self.db.checkpoint()
+
+    # -- queues ---------------------------------------------------------------------------------
+
+    def declare_queue(
+        self, name: str, arguments: dict[str, Any] | None = None, *, auto_delete: bool = False,
+        exclusive: bool = False,
+    ) -> None:
+        """Record a queue (a no-op when it exists)."""
+        with self.db.write() as conn:
+            conn.execute(
+                Q["declare_queue"],
+                {
+                    "name": name, "arguments": json.dumps(arguments or {}, default=str),
+                    "auto_delete": int(auto_delete), "exclusive": int(exclusive), "now": self.clock(),
+                },
+            )
+        self._committed()
+
+    def has_queue(self, name: str) -> bool:
+        """Whether a queue of that name was declared."""
+        return self.db.connection().execute(Q["has_queue"], {"name": name}).fetchone() is not None
+
+    def queue_size(self, queue: str) -> int:
+        """Jobs waiting in `queue` (pending or failed and waiting for a retry)."""
+        return int(self.db.connection().execute(Q["queue_size"], {"queue": queue}).fetchone()[0])
+
+    def purge(self, queue: str) -> int:
+        """Delete the jobs waiting in `queue`; returns how many."""
+        with self.db.write() as conn:
+            n = conn.execute(Q["purge_queue"], {"queue": queue}).rowcount
+        self._committed()
+        if n:
+            logger.info("purged %d jobs from queue %s", n, queue)
+        return n
+
+    def delete_queue(self, queue: str) -> int:
+        """Purge a queue and forget it and its bindings."""
+        with self.db.write() as conn:
+            n = conn.execute(Q["purge_queue"], {"queue": queue}).rowcount
+            conn.execute(Q["delete_queue_bindings"], {"name": queue})
+            conn.execute(Q["delete_queue"], {"name": queue})
+        self._committed()
+        return n
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def counts(self) -> dict[JobState, int]:
+        """Jobs per state (every state present, zero included)."""
+        result = {state: 0 for state in JobState}
+        for state, n in self.db.connection().execute(Q["count_by_state"]):
+            result[JobState(state)] = n
+        return result
+
+    def list_jobs(
+        self, state: JobState | str | None = None, queue: str | None = None, limit: int | None = None
+    ) -> list[Job]:
+        """Jobs in id order, optionally of one state and one queue."""
+        params = {
+            "state": JobState(state).value if state is not None else None,
+            "queue": queue,
+            "limit": -1 if limit is None else limit,
+        }
+        return [Job.from_row(r) for r in self.db.connection().execute(Q["list_jobs"], params)]
+
+    def get_job(self, job_id: int) -> Job:
+        """One job by its row id."""
+        row = self.db.connection().execute(Q["get_job"], {"id": job_id}).fetchone()
+        if row is None:
+            raise JobNotFound(f"no job with id {job_id}")
+        return Job.from_row(row)
+
+    def jobs_for_task(self, task_id: str) -> list[Job]:
+        """Every row that carries a task id (a retried Celery task may have several)."""
+        return [Job.from_row(r) for r in self.db.connection().execute(Q["jobs_by_task_id"], {"task_id": task_id})]
+
+
+def _insert_params(job: NewJob, now: float) -> dict[str, Any]:
+    return {
+        "task_id": job.task_id,
+        "task_name": job.task_name,
+        "queue": job.queue,
+        "priority": job.priority,
+        "payload": job.payload,
+        "max_retries": job.max_retries,
+        "next_run_at": now if job.next_run_at is None else job.next_run_at,
+        "expires_at": job.expires_at,
+        "now": now,
+    }

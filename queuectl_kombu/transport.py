@@ -1,0 +1,422 @@
+"""SQLite transport for kombu: a broker in one file that loses nothing.
+
+Messages are rows of the queuectl jobs table (queuectl_kombu/sql/schema.sql): a claim moves
+them to processing under a lease, an ack completes them, a reject requeues the same row or
+applies the retry policy, and a lease that is not renewed (its consumer died) expires and the
+row is delivered again.
+
+Features
+========
+* Type: Virtual
+* Supports Direct: Yes
+* Supports Topic: Yes
+* Supports Fanout: No
+* Supports Priority: Yes (0-9, higher first, FIFO within a priority)
+* Supports TTL: No
+* ETA/countdown held by the broker: a message is not delivered before its ``eta`` header
+
+Connection String
+=================
+
+.. code-block::
+
+    sqlite:///relative/path.db
+    sqlite:////absolute/path.db
+
+``import queuectl_kombu`` registers the ``sqlite`` scheme. Without that import, set Celery's
+``broker_transport = "queuectl_kombu.transport:Transport"`` (or pass
+``transport="queuectl_kombu.transport:Transport"`` to ``kombu.Connection``).
+
+Transport Options
+=================
+
+Options left unset fall back to the config table of the database, then to the defaults.
+
+* ``visibility_timeout``: seconds a lease lasts; live consumers renew it (default 30).
+* ``max_retries``: retries after the first run before a rejected message is dead (default 3).
+* ``backoff_base``: a rejected message waits ``backoff_base ** attempts`` seconds (default 2).
+* ``retention``: seconds completed messages are kept; 0 deletes them on ack (default 86400).
+* ``prefetch_batch``: the most messages one claim takes when no prefetch limit is set (100).
+* ``polling_interval``: wake-up interval where inotify is not available (default 0.01).
+* ``synchronous``: SQLite's ``synchronous`` pragma, ``NORMAL`` (default) or ``FULL``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from queue import Empty
+from typing import Any
+
+from kombu.transport import virtual
+from kombu.utils.json import dumps, loads
+
+from . import signals  # noqa: F401  (records task errors on their rows)
+from .exceptions import DatabaseUnusable
+from .notify import ChangeWaiter
+from .store import JobStore, NewJob
+
+logger = logging.getLogger(__name__)
+
+#: Longest a consumer sleeps before it looks again even if the file did not change.
+MAX_WAIT = 1.0
+
+_stores: dict[tuple[str, str], JobStore] = {}
+_stores_lock = threading.Lock()
+_tags = itertools.count(1)
+
+
+def store_for(path: str, synchronous: str = "NORMAL") -> JobStore:
+    """The JobStore of `path` shared by every connection of this process."""
+    key = (os.path.abspath(os.path.expanduser(path)), synchronous.upper())
+    with _stores_lock:
+        store = _stores.get(key)
+        if store is None:
+            store = _stores[key] = JobStore(key[0], synchronous=key[1])
+        return store
+
+
+def database_path(virtual_host: str | None) -> str:
+    """The file named by a ``sqlite:///path`` URL (kombu puts the path in virtual_host)."""
+    if not virtual_host or virtual_host == "/":
+        raise DatabaseUnusable(
+            "the sqlite:// URL names no database file: use sqlite:///relative.db or sqlite:////abs/path.db"
+        )
+    return os.path.abspath(os.path.expanduser(virtual_host))
+
+
+def parse_eta(value: Any) -> float | None:
+    """An ``eta`` header (ISO 8601; naive means UTC) as epoch seconds, or None."""
+    if not value:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        when = datetime.fromisoformat(str(value))
+    except ValueError:
+        logger.warning("ignoring unreadable eta header %r", value)
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
+def _job_id(delivery_tag: Any) -> int:
+    return int(str(delivery_tag).split(":", 1)[0])
+
+
+class QoS(virtual.QoS):
+    """Unacked messages of a channel; restoring one puts its row back to pending."""
+
+    def restore_visible(self, *args: Any, **kwargs: Any) -> None:
+        """Expired leases are recovered by the transport's lease keeper."""
+
+
+class Channel(virtual.Channel):
+    """A kombu channel whose queues are rows of the jobs table."""
+
+    QoS = QoS
+    do_restore = True
+    supports_fanout = False
+
+    max_retries: int | None = None
+    backoff_base: float | None = None
+    retention: float | None = None
+    prefetch_batch: int = 100
+    synchronous: str = "NORMAL"
+
+    from_transport_options = virtual.Channel.from_transport_options + (
+        "max_retries",
+        "backoff_base",
+        "retention",
+        "prefetch_batch",
+        "synchronous",
+    )
+
+    def __init__(self, connection: Transport, **kwargs: Any) -> None:
+        super().__init__(connection, **kwargs)
+        self.transport = connection
+        self.store = connection.store
+        self._empty_stamp: tuple[int, int] | None = None
+        self.next_due = math.inf
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        headers = message.get("headers") or {}
+        self.store.publish(
+            NewJob(
+                queue=queue,
+                payload=dumps(message),
+                priority=self._get_message_priority(message),
+                next_run_at=parse_eta(headers.get("eta")),
+                task_id=headers.get("id") or message.get("properties", {}).get("correlation_id"),
+                task_name=headers.get("task"),
+            )
+        )
+
+    def _new_queue(self, queue: str, **kwargs: Any) -> None:
+        self.store.declare_queue(
+            queue, kwargs.get("arguments"), auto_delete=bool(kwargs.get("auto_delete")),
+            exclusive=bool(kwargs.get("exclusive")),
+        )
+
+    def _has_queue(self, queue: str, **kwargs: Any) -> bool:
+        return self.store.has_queue(queue)
+
+    def _size(self, queue: str) -> int:
+        return self.store.queue_size(queue)
+
+    def _purge(self, queue: str) -> int:
+        return self.store.purge(queue)
+
+    def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
+        self.store.delete_queue(queue)
+
+    def queue_delete(self, queue: str, if_unused: bool = False, if_empty: bool = False, **kwargs: Any) -> None:
+        """Delete a queue, its waiting messages and its bindings."""
+        if if_empty and self._size(queue):
+            return
+        super().queue_delete(queue, if_unused=if_unused, if_empty=if_empty, **kwargs)
+        self.store.delete_queue(queue)
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    def _deliverable(self, claimed: Any) -> dict[str, Any]:
+        message = loads(claimed.payload)
+        props = message.setdefault("properties", {})
+        props["delivery_tag"] = f"{claimed.id}:{next(_tags)}"
+        info = props.setdefault("delivery_info", {})
+        info["redelivered"] = claimed.attempts > 1
+        return message
+
+    def _claim(self, queues: list[str], limit: int) -> list[Any]:
+        return self.store.claim(queues, limit, self.transport.owner, self.transport.lease_seconds())
+
+    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        claimed = self._claim([queue], 1)
+        if not claimed:
+            raise Empty()
+        self.transport.keeper_start()
+        return self._deliverable(claimed[0])
+
+    def drain_events(self, timeout: float | None = None, callback: Any = None) -> None:
+        """Claim as many messages as the prefetch window allows, in one transaction."""
+        callback = callback or self.connection._deliver
+        if not self._consumers:
+            raise Empty()
+        room = self.qos.can_consume_max_estimate()
+        limit = self.prefetch_batch if room is None else min(room, self.prefetch_batch)
+        if limit <= 0:
+            raise Empty()
+        stamp = self.store.change_stamp()
+        if stamp == self._empty_stamp and time.time() < self.next_due:
+            raise Empty()  # nothing was committed and nothing came due since the last empty claim
+        claimed = self._claim(list(self._active_queues), limit)
+        if not claimed:
+            self._empty_stamp = stamp
+            due = self.store.next_due(list(self._active_queues))
+            self.next_due = math.inf if due is None else due
+            raise Empty()
+        self._empty_stamp = None
+        self.next_due = math.inf
+        for job in claimed:
+            callback(self._deliverable(job), job.queue)
+
+    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
+        """Consume from `queue`; starts the lease keeper of this connection."""
+        self._empty_stamp = None
+        result = super().basic_consume(queue, no_ack, *args, **kwargs)
+        self.transport.keeper_start()
+        return result
+
+    def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
+        """Complete the message's row (or delete it when retention is 0)."""
+        self.store.ack(_job_id(delivery_tag), self.transport.owner, self.retention)
+        self.qos.ack(delivery_tag)
+
+    def basic_reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        """Requeue the same row, or apply the retry policy (failed with backoff, or dead)."""
+        job_id = _job_id(delivery_tag)
+        if requeue:
+            self.store.requeue(job_id, self.transport.owner)
+        else:
+            self.store.fail(
+                job_id, self.transport.owner, max_retries=self.max_retries, backoff_base=self.backoff_base
+            )
+        self.qos.ack(delivery_tag)
+
+    def _restore(self, message: Any) -> None:
+        """Hand an unacked message back: its row returns to pending (no copy)."""
+        self.store.requeue(_job_id(message.delivery_tag), self.transport.owner)
+
+    def _restore_at_beginning(self, message: Any) -> None:
+        self._restore(message)
+
+
+class Transport(virtual.Transport):
+    """kombu transport keeping messages in a queuectl SQLite database."""
+
+    Channel = Channel
+
+    polling_interval = 0.01
+    default_port = None
+    driver_type = "sqlite"
+    driver_name = "sqlite3"
+
+    connection_errors = virtual.Transport.connection_errors + (sqlite3.OperationalError,)
+    channel_errors = virtual.Transport.channel_errors + (sqlite3.IntegrityError,)
+
+    implements = virtual.Transport.implements.extend(
+        asynchronous=False,
+        exchange_type=frozenset(["direct", "topic"]),
+        heartbeats=False,
+    )
+
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        super().__init__(client, **kwargs)
+        options = client.transport_options
+        self.path = database_path(client.virtual_host) if client.virtual_host not in (None, "", "/") else None
+        self.synchronous = str(options.get("synchronous", "NORMAL"))
+        self._store: JobStore | None = None
+        self._waiter: ChangeWaiter | None = None
+        self._owner: str | None = None
+        self._owner_pid = 0
+        self._keeper: LeaseKeeper | None = None
+
+    @property
+    def store(self) -> JobStore:
+        """The store of this connection's database file."""
+        if self._store is None:
+            self._store = store_for(database_path(self.client.virtual_host), self.synchronous)
+        return self._store
+
+    @property
+    def owner(self) -> str:
+        """This consumer's lease owner name: host, pid and a random part."""
+        if self._owner is None or self._owner_pid != os.getpid():
+            self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+            self._owner_pid = os.getpid()
+        return self._owner
+
+    @property
+    def waiter(self) -> ChangeWaiter:
+        """Wakes this process's consumer when the database changes."""
+        if self._waiter is None:
+            self._waiter = ChangeWaiter(self.store.path, poll_interval=float(self.polling_interval))
+        return self._waiter
+
+    def establish_connection(self) -> Transport:
+        """Open the database now, so a bad path fails here with a clear message."""
+        self.store.open()
+        return super().establish_connection()
+
+    def close_connection(self, connection: Any) -> None:
+        """Close channels (handing back unacked messages), then stop the lease keeper."""
+        try:
+            super().close_connection(connection)
+        finally:
+            if self._keeper is not None:
+                self._keeper.stop()
+                self._keeper = None
+            if self._waiter is not None:
+                self._waiter.close()
+                self._waiter = None
+
+    def keeper_start(self) -> None:
+        """Start renewing this connection's leases (once per process)."""
+        if self._keeper is None or not self._keeper.alive():
+            self._keeper = LeaseKeeper(self)
+            self._keeper.start()
+
+    def lease_seconds(self) -> float:
+        """The visibility timeout: transport option, else config table, else the default."""
+        option = self.client.transport_options.get("visibility_timeout")
+        if option is not None:
+            return float(option)
+        return float(self.store.settings()["visibility_timeout"])
+
+    def drain_events(self, connection: Any, timeout: float | None = None) -> None:
+        """Deliver what is ready; otherwise sleep until the file changes or a message comes due."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waiter = self.waiter
+        while True:
+            try:
+                self.cycle.get(self._deliver, timeout=timeout)
+                return
+            except Empty:
+                pass
+            wait = MAX_WAIT
+            now = time.monotonic()
+            if deadline is not None:
+                if now >= deadline:
+                    raise socket.timeout()
+                wait = min(wait, deadline - now)
+            due = min((ch.next_due for ch in self.channels), default=math.inf)
+            wait = max(0.0, min(wait, due - time.time()))
+            if wait > 0:
+                waiter.wait(wait)
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews the leases a live consumer holds, and recovers leases whose owner died.
+
+    Also prunes completed jobs past their retention time and checkpoints the WAL.
+    """
+
+    PRUNE_EVERY = 30.0
+    CHECKPOINT_EVERY = 10.0
+
+    def __init__(self, transport: Transport) -> None:
+        super().__init__(name="queuectl-lease-keeper", daemon=True)
+        self.transport = transport
+        self.store = transport.store
+        self._stop_event = threading.Event()
+        self._pid = os.getpid()
+
+    def alive(self) -> bool:
+        """Running in this process (a thread does not survive fork)."""
+        return self._pid == os.getpid() and self.is_alive()
+
+    def stop(self) -> None:
+        """Ask the thread to end; it does within one tick."""
+        self._stop_event.set()
+
+    def run(self) -> None:
+        last_renew = last_prune = last_checkpoint = time.monotonic()
+        while not self._stop_event.is_set():
+            try:
+                lease = self.transport.lease_seconds()
+                tick = max(0.05, min(1.0, lease / 4))
+                if self._stop_event.wait(tick):
+                    break
+                now = time.monotonic()
+                if now - last_renew >= lease / 3:
+                    self.store.renew_leases(self.transport.owner, lease)
+                    last_renew = now
+                self.store.recover_expired_leases()
+                if now - last_prune >= self.PRUNE_EVERY:
+                    self.store.prune_completed(self._retention())
+                    last_prune = now
+                if now - last_checkpoint >= self.CHECKPOINT_EVERY:
+                    self.store.checkpoint()
+                    last_checkpoint = now
+            except (sqlite3.Error, DatabaseUnusable) as exc:
+                logger.warning("lease keeper: %s", exc)
+                self._stop_event.wait(1.0)
+            except Exception:  # pragma: no cover - keep leases alive whatever happens
+                logger.exception("lease keeper failed; retrying")
+                self._stop_event.wait(1.0)
+        self.store.close()
+
+    def _retention(self) -> float | None:
+        option = self.transport.client.transport_options.get("retention")
+        return None if option is None else float(option)
