@@ -40,7 +40,8 @@ def check_path(path: str) -> None:
             "(SQLite keeps its -wal and -shm files beside the database)"
         )
     if os.path.exists(path):
-        if not os.access(path, os.R_OK | os.W_OK):
+        # The mode bit too: root passes os.access, but a file made read-only means read-only.
+        if not os.access(path, os.R_OK | os.W_OK) or not os.stat(path).st_mode & stat.S_IWUSR:
             raise DatabaseUnusable(f"cannot open database {path}: the file is read-only")
         with open(path, "rb") as f:
             header = f.read(len(SQLITE_HEADER))

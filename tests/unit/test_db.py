@@ -1,0 +1,82 @@
+"""Opening the database: path checks, file modes, schema version, fork safety."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from queuectl_kombu import DatabaseUnusable, JobStore, NewJob
+from queuectl_kombu.db import Database
+
+
+def test_missing_directory_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "nope" / "q.db"
+    with pytest.raises(DatabaseUnusable, match=f"directory {tmp_path / 'nope'} does not exist"):
+        JobStore(str(path)).open()
+    assert not path.parent.exists()
+
+
+def test_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DatabaseUnusable, match=f"{tmp_path}: it is a directory"):
+        JobStore(str(tmp_path)).open()
+
+
+def test_file_that_is_not_sqlite_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("hello, this is not a database\n" * 10)
+    with pytest.raises(DatabaseUnusable, match=f"{path}: the file is not a SQLite database"):
+        JobStore(str(path)).open()
+    assert path.read_text().startswith("hello")
+    assert not Path(str(path) + "-wal").exists()
+
+
+def test_read_only_file_is_refused_even_for_root(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    JobStore(str(path)).open()
+    path.chmod(0o400)
+    with pytest.raises(DatabaseUnusable, match=f"{path}: the file is read-only"):
+        JobStore(str(path)).open()
+
+
+def test_new_database_is_private_with_wal(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    store = JobStore(str(path))
+    store.publish(NewJob(queue="q", payload="{}"))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(Path(str(path) + "-wal").stat().st_mode) == 0o600
+    assert store.db.connection().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.db.connection().execute("PRAGMA user_version").fetchone()[0] == 1
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    store = JobStore(str(path))
+    store.open()
+    store.db.connection().execute("PRAGMA user_version = 99")
+    with pytest.raises(DatabaseUnusable, match="schema version 99"):
+        JobStore(str(path)).open()
+
+
+def test_bad_synchronous_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DatabaseUnusable, match="synchronous"):
+        Database(str(tmp_path / "q.db"), synchronous="OFF")
+
+
+def test_child_process_opens_its_own_connection(tmp_path: Path) -> None:
+    store = JobStore(str(tmp_path / "q.db"))
+    parent_conn = store.db.connection()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: must not use the parent's connection
+        ok = store.db.connection() is not parent_conn
+        store.publish(NewJob(queue="q", payload="{}"))
+        os.write(write, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(write)
+    assert os.read(read, 1) == b"1"
+    os.waitpid(pid, 0)
+    assert store.queue_size("q") == 1
+    assert store.db.connection() is parent_conn

@@ -1,0 +1,199 @@
+"""The storage layer's verbs and state changes, on a real SQLite file with a test clock."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from queuectl_kombu import JobState, JobStore, NewJob
+from queuectl_kombu.sql import QUERIES
+
+
+def publish(store: JobStore, queue: str = "q", n: int = 1, **kw) -> list[int]:
+    return store.publish_many([NewJob(queue=queue, payload=f'{{"n": {i}}}', **kw) for i in range(n)])
+
+
+def test_publish_creates_pending_jobs(store: JobStore, clock) -> None:
+    ids = publish(store, n=3, task_id="t", task_name="add")
+    jobs = store.list_jobs()
+    assert [j.id for j in jobs] == ids
+    assert {j.state for j in jobs} == {JobState.PENDING}
+    assert jobs[0].next_run_at == clock.now
+    assert jobs[0].task_name == "add"
+    assert store.queue_size("q") == 3
+
+
+def test_claim_takes_priority_then_fifo_and_leases(store: JobStore, clock) -> None:
+    low = publish(store, priority=0, n=2)
+    high = publish(store, priority=9)
+    mid = publish(store, priority=5)
+    claimed = store.claim(["q"], 10, "w1", 30)
+    assert [c.id for c in claimed] == high + mid + low
+    assert all(c.attempts == 1 for c in claimed)
+    job = store.get_job(high[0])
+    assert job.state is JobState.PROCESSING
+    assert job.lease_owner == "w1"
+    assert job.lease_expires_at == clock.now + 30
+    assert store.claim(["q"], 10, "w2", 30) == []
+
+
+def test_claim_respects_limit_and_queues(store: JobStore) -> None:
+    publish(store, "a", n=5)
+    publish(store, "b", n=5)
+    assert len(store.claim(["a"], 3, "w", 30)) == 3
+    claimed = store.claim(["a", "b"], 4, "w", 30)
+    assert [c.queue for c in claimed] == ["a", "a", "b", "b"]
+
+
+def test_eta_is_not_delivered_before_due(store: JobStore, clock) -> None:
+    publish(store, next_run_at=clock.now + 30)
+    assert store.claim(["q"], 1, "w", 30) == []
+    assert store.next_due(["q"]) == clock.now + 30
+    clock.advance(30)
+    assert len(store.claim(["q"], 1, "w", 30)) == 1
+
+
+def test_ack_completes_and_retention_zero_deletes(store: JobStore) -> None:
+    a, b = publish(store, n=2)
+    store.claim(["q"], 2, "w", 30)
+    assert store.ack(a, "w", retention=60)
+    assert store.get_job(a).state is JobState.COMPLETED
+    assert store.ack(b, "w", retention=0)
+    assert [j.id for j in store.list_jobs()] == [a]
+
+
+def test_ack_by_another_owner_is_refused(store: JobStore) -> None:
+    (a,) = publish(store)
+    store.claim(["q"], 1, "w1", 30)
+    assert store.ack(a, "w2") is False
+    assert store.get_job(a).state is JobState.PROCESSING
+
+
+def test_requeue_returns_the_same_row_without_counting_the_attempt(store: JobStore) -> None:
+    (a,) = publish(store)
+    store.claim(["q"], 1, "w", 30)
+    assert store.requeue(a, "w")
+    job = store.get_job(a)
+    assert (job.state, job.attempts, job.lease_owner) == (JobState.PENDING, 0, None)
+    assert len(store.list_jobs()) == 1
+
+
+def test_fail_retries_with_backoff_then_dead(store: JobStore, clock) -> None:
+    store.set_config("max_retries", 2)
+    store.set_config("backoff_base", 3)
+    (a,) = publish(store)
+    gaps = []
+    for attempt in (1, 2):
+        (c,) = store.claim(["q"], 1, "w", 30)
+        assert c.attempts == attempt
+        assert store.fail(a, "w", "boom") is JobState.FAILED
+        job = store.get_job(a)
+        assert job.state is JobState.FAILED
+        gaps.append(job.next_run_at - clock.now)
+        assert store.claim(["q"], 1, "w", 30) == []  # not before the backoff
+        clock.advance(gaps[-1])
+    assert gaps == [3.0, 9.0]
+    store.claim(["q"], 1, "w", 30)
+    assert store.fail(a, "w", "boom again") is JobState.DEAD
+    job = store.get_job(a)
+    assert (job.state, job.attempts, job.last_error) == (JobState.DEAD, 3, "boom again")
+
+
+def test_fail_reads_config_changes_at_once(store: JobStore) -> None:
+    (a,) = publish(store)
+    store.claim(["q"], 1, "w", 30)
+    store.settings()  # warm the cache: a change must still apply to the next failure
+    store.set_config("max-retries", 0)
+    assert store.fail(a, "w") is JobState.DEAD
+
+
+def test_per_job_max_retries_wins(store: JobStore) -> None:
+    (a,) = publish(store, max_retries=0)
+    store.claim(["q"], 1, "w", 30)
+    assert store.fail(a, "w", "x") is JobState.DEAD
+
+
+def test_recorded_error_is_kept_by_fail(store: JobStore) -> None:
+    (a,) = publish(store, task_id="task-1", max_retries=0)
+    store.claim(["q"], 1, "w", 30)
+    store.record_error("task-1", "ValueError: nope")
+    store.fail(a, "w")
+    assert store.get_job(a).last_error == "ValueError: nope"
+
+
+def test_expired_lease_is_recovered_and_counts(store: JobStore, clock) -> None:
+    (a,) = publish(store)
+    store.claim(["q"], 1, "dead-worker", 10)
+    clock.advance(5)
+    assert store.recover_expired_leases() == []
+    clock.advance(6)
+    assert store.recover_expired_leases() == [(a, None, JobState.PENDING, 1)]
+    (c,) = store.claim(["q"], 1, "w2", 10)
+    assert c.attempts == 2
+
+
+def test_expired_lease_of_an_exhausted_job_is_dead(store: JobStore, clock) -> None:
+    (a,) = publish(store, max_retries=1)
+    for _ in range(2):
+        store.claim(["q"], 1, "crashy", 10)
+        clock.advance(11)
+        recovered = store.recover_expired_leases()
+    assert recovered[0][2] is JobState.DEAD
+    assert "expired" in store.get_job(a).last_error
+
+
+def test_renewed_lease_is_not_recovered(store: JobStore, clock) -> None:
+    publish(store)
+    store.claim(["q"], 1, "alive", 10)
+    for _ in range(5):
+        clock.advance(8)
+        assert store.renew_leases("alive", 10) == 1
+        assert store.recover_expired_leases() == []
+
+
+def test_prune_deletes_only_old_completed(store: JobStore, clock) -> None:
+    a, b, c = publish(store, n=3)
+    store.claim(["q"], 2, "w", 30)
+    store.ack(a, "w", retention=100)
+    clock.advance(50)
+    store.ack(b, "w", retention=100)
+    clock.advance(60)
+    assert store.prune_completed(retention=100) == 1
+    assert [j.id for j in store.list_jobs()] == [b, c]
+
+
+def test_purge_removes_waiting_jobs_only(store: JobStore) -> None:
+    publish(store, n=3)
+    store.claim(["q"], 1, "w", 30)
+    assert store.purge("q") == 2
+    assert store.counts()[JobState.PROCESSING] == 1
+
+
+def test_publish_many_is_all_or_nothing(store: JobStore) -> None:
+    jobs = [NewJob(queue="q", payload="{}"), NewJob(queue=None, payload="{}")]  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.IntegrityError):
+        store.publish_many(jobs)
+    assert store.list_jobs() == []
+
+
+def test_change_stamp_moves_on_other_connections_commit(store: JobStore, db_path: str) -> None:
+    before = store.change_stamp()
+    assert store.change_stamp() == before
+    other = JobStore(db_path)
+    publish(other)
+    assert store.change_stamp() != before
+
+
+def test_state_names_round_trip(store: JobStore) -> None:
+    publish(store)
+    (row,) = store.db.connection().execute("SELECT state FROM jobs").fetchall()
+    assert JobState(row[0]) is JobState.PENDING
+    assert str(JobState.DEAD) == "dead"
+
+
+def test_claim_uses_the_ready_index(store: JobStore) -> None:
+    conn = store.db.connection()
+    subquery = QUERIES["has_ready"]
+    plan = " ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + subquery, {"queue": "q", "now": 0}))
+    assert "jobs_ready" in plan
