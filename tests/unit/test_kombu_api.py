@@ -1,0 +1,174 @@
+"""kombu's own API on the SQLite transport: publish, consume, ack, reject, requeue, ETA, priority."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from kombu import Connection, Consumer, Exchange, Producer, Queue
+
+import queuectl_kombu  # noqa: F401
+from queuectl_kombu import DatabaseUnusable, JobState, JobStore
+from queuectl_kombu.notify import ChangeWaiter
+
+
+@pytest.fixture
+def url(db_path: str) -> str:
+    return "sqlite:///" + db_path
+
+
+def test_simple_queue_round_trip(url: str, db_path: str) -> None:
+    with Connection(url) as conn:
+        q = conn.SimpleQueue("jobs")
+        q.put({"n": 1})
+        q.put({"n": 2})
+        assert q.qsize() == 2
+        got = [q.get(timeout=2) for _ in range(2)]
+        assert [m.payload for m in got] == [{"n": 1}, {"n": 2}]
+        for m in got:
+            m.ack()
+        q.close()
+    assert JobStore(db_path).counts()[JobState.COMPLETED] == 2
+
+
+def test_requeue_puts_back_the_same_row(url: str, db_path: str) -> None:
+    with Connection(url) as conn:
+        q = conn.SimpleQueue("jobs")
+        q.put("x")
+        m = q.get(timeout=2)
+        m.requeue()
+        jobs = JobStore(db_path).list_jobs()
+        assert [(j.state, j.attempts) for j in jobs] == [(JobState.PENDING, 0)]
+        again = q.get(timeout=2)
+        assert again.payload == "x"
+        again.ack()
+        q.close()
+    assert len(JobStore(db_path).list_jobs()) == 1
+
+
+def test_reject_applies_the_retry_policy(url: str, db_path: str) -> None:
+    with Connection(url, transport_options={"max_retries": 0}) as conn:
+        q = conn.SimpleQueue("jobs")
+        q.put("x")
+        q.get(timeout=2).reject()
+        q.close()
+    (job,) = JobStore(db_path).list_jobs()
+    assert job.state is JobState.DEAD
+
+
+def test_reject_with_retries_left_waits_for_backoff(url: str, db_path: str) -> None:
+    with Connection(url, transport_options={"max_retries": 2, "backoff_base": 60}) as conn:
+        q = conn.SimpleQueue("jobs")
+        q.put("x")
+        q.get(timeout=2).reject()
+        (job,) = JobStore(db_path).list_jobs()
+        assert job.state is JobState.FAILED
+        assert job.next_run_at > time.time() + 50
+        with pytest.raises(q.Empty):
+            q.get(timeout=0.2)
+        q.close()
+
+
+def test_priority_higher_first_then_fifo(url: str) -> None:
+    with Connection(url) as conn:
+        queue = Queue("prio", Exchange("prio"), "prio", max_priority=9)
+        producer = Producer(conn)
+        for body, priority in [("a", 1), ("b", 9), ("c", 5), ("d", 9)]:
+            producer.publish(body, exchange=queue.exchange, routing_key="prio", declare=[queue], priority=priority)
+        received: list[str] = []
+        with Consumer(conn, [queue], callbacks=[lambda body, m: (received.append(body), m.ack())]):
+            while len(received) < 4:
+                conn.drain_events(timeout=2)
+    assert received == ["b", "d", "c", "a"]
+
+
+def test_eta_header_holds_the_message(url: str, db_path: str) -> None:
+    eta = (datetime.now(timezone.utc) + timedelta(seconds=60)).isoformat()
+    with Connection(url) as conn:
+        q = conn.SimpleQueue("later")
+        q.put("x", headers={"eta": eta})
+        with pytest.raises(q.Empty):
+            q.get(timeout=0.2)
+        q.close()
+    (job,) = JobStore(db_path).list_jobs()
+    assert job.state is JobState.PENDING
+    assert job.next_run_at == pytest.approx(time.time() + 60, abs=5)
+
+
+def test_transport_by_class_path_without_the_alias(db_path: str) -> None:
+    code = (
+        "import sys; from kombu import Connection;"
+        f"c = Connection('sqlite:///{db_path}', transport='queuectl_kombu.transport:Transport');"
+        "q = c.SimpleQueue('x'); q.put('hi'); m = q.get(timeout=2); m.ack(); print(m.payload)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "hi"
+
+
+def test_url_without_a_path_is_refused() -> None:
+    with pytest.raises(DatabaseUnusable, match="names no database file"):
+        Connection("sqlite://").connect()
+
+
+def test_connect_names_a_bad_path(tmp_path: Path) -> None:
+    bad = tmp_path / "missing" / "q.db"
+    with pytest.raises(DatabaseUnusable, match=str(bad)):
+        Connection("sqlite:///" + str(bad)).connect()
+
+
+def test_consumer_wakes_on_another_process_publish(url: str, db_path: str) -> None:
+    """drain_events returns once another process publishes, long before its timeout."""
+    received: list[str] = []
+    with Connection(url) as conn:
+        queue = Queue("wake")
+        with Consumer(conn, [queue], callbacks=[lambda body, m: (received.append(body), m.ack())]):
+            code = (
+                "import time, queuectl_kombu; from kombu import Connection; time.sleep(0.3);"
+                f"c = Connection('sqlite:///{db_path}'); c.SimpleQueue('wake').put('ping')"
+            )
+            child = subprocess.Popen([sys.executable, "-c", code])
+            try:
+                conn.drain_events(timeout=30)
+            finally:
+                child.wait(timeout=60)
+    assert received == ["ping"]
+
+
+def test_ack_from_another_thread_frees_the_prefetch_window(url: str) -> None:
+    received = []
+    with Connection(url) as conn:
+        q = conn.SimpleQueue("window")
+        for i in range(2):
+            q.put(i)
+        channel = conn.default_channel
+        consumer = Consumer(channel, [Queue("window")], callbacks=[lambda body, m: received.append(m)])
+        consumer.qos(prefetch_count=1)
+        with consumer:
+            conn.drain_events(timeout=5)
+            assert len(received) == 1
+            with pytest.raises(socket.timeout):
+                conn.drain_events(timeout=0.3)  # window full: nothing more is delivered
+            threading.Timer(0.2, received[0].ack).start()
+            conn.drain_events(timeout=30)
+        assert [m.payload for m in received] == [0, 1]
+        received[1].ack()
+        q.close()
+
+
+def test_waiter_wakes_on_a_commit(db_path: str) -> None:
+    store = JobStore(db_path)
+    store.open()
+    waiter = ChangeWaiter(store.path)
+    assert waiter.uses_inotify
+    waiter.drain()
+    assert waiter.wait(0.05) is False
+    JobStore(db_path).set_config("retention", 5)
+    assert waiter.wait(30) is True
+    waiter.close()
