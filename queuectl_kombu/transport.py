@@ -208,7 +208,7 @@ class Channel(virtual.Channel):
         self.transport.keeper_start()
         return self._deliverable(claimed[0])
 
-    def drain_events(self, timeout: float | None = None, callback: Any = None) -> None:
+    def drain_events(self, timeout: float | None = None, callback: Any = None) -> int:
         """Claim as many messages as the prefetch window allows, in one transaction."""
         callback = callback or self.connection._deliver
         if not self._consumers:
@@ -230,6 +230,7 @@ class Channel(virtual.Channel):
         self.next_due = math.inf
         for job in claimed:
             callback(self._deliverable(job), job.queue)
+        return len(claimed)
 
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
         """Consume from `queue`; starts the lease keeper of this connection."""
@@ -276,7 +277,7 @@ class Transport(virtual.Transport):
     channel_errors = virtual.Transport.channel_errors + (sqlite3.IntegrityError,)
 
     implements = virtual.Transport.implements.extend(
-        asynchronous=False,
+        asynchronous=True,
         exchange_type=frozenset(["direct", "topic"]),
         heartbeats=False,
     )
@@ -291,6 +292,10 @@ class Transport(virtual.Transport):
         self._owner: str | None = None
         self._owner_pid = 0
         self._keeper: LeaseKeeper | None = None
+        self._loop: Any = None
+        self._timers: list[Any] = []
+        self._due_timer: Any = None
+        self._due_at = math.inf
 
     @property
     def store(self) -> JobStore:
@@ -319,11 +324,67 @@ class Transport(virtual.Transport):
         self.store.open()
         return super().establish_connection()
 
+    # -- Celery's event loop (kombu's hub): used by workers, with the prefork pool's AsynPool --
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        """Deliver when the WAL file changes (inotify) or a message comes due; no polling."""
+        self.unregister_from_event_loop(connection, loop)
+        self._loop = loop
+        waiter = self.waiter
+        if waiter.uses_inotify:
+            loop.add_reader(waiter.fileno(), self.on_change)
+            interval = MAX_WAIT
+        else:
+            interval = float(self.polling_interval)
+        self._timers.append(loop.call_repeatedly(interval, self.on_change))
+        loop.call_soon(self.on_change)
+
+    def unregister_from_event_loop(self, connection: Any, loop: Any) -> None:
+        """Stop watching the file and cancel this transport's timers."""
+        if self._loop is not None and self._waiter is not None and self._waiter.fileno() >= 0:
+            self._loop.remove_reader(self._waiter.fileno())
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        if self._due_timer is not None:
+            self._due_timer.cancel()
+            self._due_timer = None
+        self._loop = None
+
+    def on_change(self) -> None:
+        """The database may have changed (or a timer fired): deliver whatever is ready."""
+        if self._waiter is not None:
+            self._waiter.drain()
+        for channel in list(self.channels):
+            try:
+                channel.drain_events(callback=self._deliver)
+            except Empty:
+                pass
+        self._schedule_due()
+
+    def _schedule_due(self) -> None:
+        due = min((ch.next_due for ch in self.channels), default=math.inf)
+        if self._loop is None or due == self._due_at:
+            return
+        if self._due_timer is not None:
+            self._due_timer.cancel()
+            self._due_timer = None
+        self._due_at = due
+        if due != math.inf:
+            self._due_timer = self._loop.call_later(max(0.0, due - time.time()) + 0.001, self._on_due)
+
+    def _on_due(self) -> None:
+        self._due_timer = None
+        self._due_at = math.inf
+        self.on_change()
+
     def close_connection(self, connection: Any) -> None:
         """Close channels (handing back unacked messages), then stop the lease keeper."""
         try:
             super().close_connection(connection)
         finally:
+            if self._loop is not None:
+                self.unregister_from_event_loop(connection, self._loop)
             if self._keeper is not None:
                 self._keeper.stop()
                 self._keeper = None

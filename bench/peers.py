@@ -1,0 +1,123 @@
+"""The brokers compared: each peer's broker URL, natural result backend, settings, setup and cleanup.
+
+A run gets a fresh temporary directory `workdir`; `urls(workdir)` names the broker and result backend
+of that run, `reset(app)` empties what a previous run may have left, `cleanup()` runs once at the end.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from kombu import Connection
+
+from .celeryapp import QUEUE
+
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")  # a db of its own
+AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def purge(app: Any) -> None:
+    """Declare the bench queue as Celery does and purge it (the only queue the bench touches)."""
+    with app.connection_for_write() as conn:
+        queue = app.amqp.queues[QUEUE].bind(conn.default_channel)
+        queue.declare()
+        queue.purge()
+
+
+class Peer:
+    name = ""
+    settings = ""
+
+    def unreachable(self) -> str | None:
+        """Why this peer cannot run here, or None."""
+        return None
+
+    def urls(self, workdir: str) -> tuple[str, str | None]:
+        """(broker URL, natural result backend URL) of one run."""
+        raise NotImplementedError
+
+    def reset(self, app: Any) -> None:
+        purge(app)
+
+    def cleanup(self) -> None:
+        pass
+
+
+class Queuectl(Peer):
+    name = "queuectl"
+    settings = ("sqlite:////<tmp>/queuectl.db, a new file per run; transport defaults (WAL, "
+                "synchronous=NORMAL, inotify wake-ups, visibility_timeout 30 s, retention 1 day); "
+                "result backend: none (queuectl_kombu has none)")
+
+    def urls(self, workdir: str) -> tuple[str, str | None]:
+        return "sqlite:///" + os.path.join(os.path.abspath(workdir), "queuectl.db"), None
+
+
+class Redis(Peer):
+    name = "redis"
+    settings = (f"{REDIS_URL} (FLUSHDB of that db before each run); kombu defaults (BRPOP, "
+                "visibility_timeout 1 h); result backend: the same Redis db")
+
+    def _client(self) -> Any:
+        import redis
+        return redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+
+    def unreachable(self) -> str | None:
+        try:
+            self._client().ping()
+        except Exception as exc:
+            return f"{REDIS_URL}: {exc}"
+        return None
+
+    def urls(self, workdir: str) -> tuple[str, str | None]:
+        return REDIS_URL, REDIS_URL
+
+    def reset(self, app: Any) -> None:
+        self._client().flushdb()
+
+    def cleanup(self) -> None:
+        self._client().flushdb()
+
+
+class RabbitMQ(Peer):
+    name = "rabbitmq"
+    settings = (f"{AMQP_URL.replace('guest:guest@', '')} (py-amqp); durable queue {QUEUE!r}, "
+                "purged before each run and deleted at the end; result backend: rpc://")
+
+    def unreachable(self) -> str | None:
+        try:
+            with Connection(AMQP_URL, connect_timeout=3) as conn:
+                conn.connect()
+        except Exception as exc:
+            return f"{AMQP_URL}: {exc}"
+        return None
+
+    def urls(self, workdir: str) -> tuple[str, str | None]:
+        return AMQP_URL, "rpc://"
+
+    def cleanup(self) -> None:
+        with Connection(AMQP_URL, connect_timeout=3) as conn:
+            channel = conn.default_channel
+            channel.queue_delete(QUEUE)
+            channel.exchange_delete(QUEUE)
+
+
+class SQLAlchemy(Peer):
+    name = "sqla"
+    settings = ("sqla+sqlite:////<tmp>/sqla.db, a new file per run; kombu's SQLAlchemy transport "
+                "(polls every 1 s); result backend: db+sqlite:////<tmp>/sqla-results.db")
+
+    def unreachable(self) -> str | None:
+        try:
+            import sqlalchemy  # noqa: F401
+        except ImportError as exc:
+            return str(exc)
+        return None
+
+    def urls(self, workdir: str) -> tuple[str, str | None]:
+        path = os.path.abspath(workdir)
+        return f"sqla+sqlite:///{path}/sqla.db", f"db+sqlite:///{path}/sqla-results.db"
+
+
+PEERS: dict[str, Peer] = {p.name: p for p in (Queuectl(), Redis(), RabbitMQ(), SQLAlchemy())}

@@ -1,0 +1,71 @@
+"""Shared pieces of the acceptance apps. Imports nothing from queuectl_kombu on purpose:
+qapp_noimport must reach the transport only through ``broker_transport``.
+
+Environment (set by the test harness for each worker / producer process):
+  QTEST_DB       absolute path of the SQLite broker file
+  QTEST_EXECLOG  execution log: one line per task event, written with O_APPEND
+  QTEST_CONF     JSON object merged into app.conf (transport options, acks_late, ...)
+  QTEST_QUIET    if set, queuectl_kombu's per-job INFO lines are not logged (bulk tests)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+_fd: int | None = None
+_fd_pid = 0
+
+
+class AlwaysFails(Exception):
+    """Raised by acc.fail on every run."""
+
+
+def log_event(event: str, task_id: str | None, tag: str) -> None:
+    """Append ``event task_id tag pid pgid time`` to the execution log in one write()."""
+    global _fd, _fd_pid
+    if _fd is None or _fd_pid != os.getpid():
+        _fd = os.open(os.environ["QTEST_EXECLOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        _fd_pid = os.getpid()
+    line = f"{event} {task_id} {tag} {os.getpid()} {os.getpgid(0)} {time.time():.6f}\n"
+    os.write(_fd, line.encode())
+
+
+def conf_from_env() -> dict:
+    conf = json.loads(os.environ.get("QTEST_CONF") or "{}")
+    conf.setdefault("worker_hijack_root_logger", True)
+    return conf
+
+
+def broker_url() -> str:
+    return "sqlite:///" + os.path.abspath(os.environ["QTEST_DB"])
+
+
+def setup_logging() -> None:
+    if os.environ.get("QTEST_QUIET"):
+        logging.getLogger("queuectl_kombu").setLevel(logging.WARNING)
+
+
+def register_tasks(app) -> dict:
+    """The tasks every acceptance app has; names are explicit so apps are interchangeable."""
+
+    @app.task(name="acc.record", bind=True)
+    def record(self, tag: str) -> str:
+        log_event("run", self.request.id, tag)
+        return tag
+
+    @app.task(name="acc.sleepy", bind=True)
+    def sleepy(self, tag: str, seconds: float) -> str:
+        log_event("start", self.request.id, tag)
+        time.sleep(seconds)
+        log_event("end", self.request.id, tag)
+        return tag
+
+    @app.task(name="acc.fail", bind=True)
+    def fail(self, tag: str) -> None:
+        log_event("run", self.request.id, tag)
+        raise AlwaysFails(f"always fails ({tag})")
+
+    return {"record": record, "sleepy": sleepy, "fail": fail}
