@@ -44,4 +44,15 @@ def statements(script: str) -> list[str]:
 
 SCHEMA: str = read("schema.sql")
 SCHEMA_VERSION = 1
-QUERIES: dict[str, str] = parse_queries(read("queries.sql"))
+def _load_queries(*filenames: str) -> dict[str, str]:
+    merged: dict[str, str] = {}
+    for filename in filenames:
+        for name, statement in parse_queries(read(filename)).items():
+            if name in merged:
+                raise ValueError(f"query {name!r} is defined in two files")
+            merged[name] = statement
+    return merged
+
+
+#: Every named statement: jobs, queues and config (queries.sql), results (results.sql).
+QUERIES: dict[str, str] = _load_queries("queries.sql", "results.sql")

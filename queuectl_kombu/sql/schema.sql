@@ -75,3 +75,14 @@ CREATE TABLE IF NOT EXISTS bindings (
     PRIMARY KEY (exchange, queue, routing_key)
 );
 CREATE INDEX IF NOT EXISTS bindings_queue ON bindings (queue);
+
+-- Celery results (the result backend): Celery's keys (celery-task-meta-<id>, group and chord
+-- keys) to their encoded value, with an expiry time that the backend enforces itself.
+CREATE TABLE IF NOT EXISTS results (
+    key          TEXT PRIMARY KEY,
+    value        BLOB,
+    counter      INTEGER NOT NULL DEFAULT 0,
+    expires_at   REAL,
+    updated_at   REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS results_expires ON results (expires_at) WHERE expires_at IS NOT NULL;

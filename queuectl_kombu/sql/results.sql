@@ -1,0 +1,1 @@
+-- Statements of the result backend, by name (loaded with queries.sql into one dictionary).
