@@ -15,7 +15,6 @@ from .exceptions import DatabaseUnusable
 
 logger = logging.getLogger(__name__)
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 MIN_SQLITE = (3, 35, 0)  # UPDATE ... RETURNING
 
 #: Connections inherited through fork(). Closing one in the child could checkpoint or delete the
@@ -43,10 +42,9 @@ def check_path(path: str) -> None:
         # The mode bit too: root passes os.access, but a file made read-only means read-only.
         if not os.access(path, os.R_OK | os.W_OK) or not os.stat(path).st_mode & stat.S_IWUSR:
             raise DatabaseUnusable(f"cannot open database {path}: the file is read-only")
-        with open(path, "rb") as f:
-            header = f.read(len(SQLITE_HEADER))
-        if header and header != SQLITE_HEADER:
-            raise DatabaseUnusable(f"cannot open database {path}: the file is not a SQLite database")
+    # The header is not read here: closing any descriptor of the file would drop every POSIX
+    # lock this process's SQLite connections hold on it, and another process could then take
+    # itself for the last connection and delete the WAL. SQLite reports a non-database instead.
 
 
 def _create_private(path: str) -> None:
@@ -72,8 +70,8 @@ def _open(path: str, synchronous: str) -> sqlite3.Connection:
         conn.execute("PRAGMA temp_store = MEMORY")
     except sqlite3.DatabaseError as exc:
         conn.close()
-        if isinstance(exc, DatabaseUnusable):
-            raise
+        if "not a database" in str(exc):
+            raise DatabaseUnusable(f"cannot open database {path}: the file is not a SQLite database") from exc
         raise DatabaseUnusable(f"cannot open database {path}: {exc}") from exc
     return conn
 

@@ -80,3 +80,32 @@ def test_child_process_opens_its_own_connection(tmp_path: Path) -> None:
     os.waitpid(pid, 0)
     assert store.queue_size("q") == 1
     assert store.db.connection() is parent_conn
+
+
+def test_other_process_closing_does_not_delete_our_wal(tmp_path: Path) -> None:
+    """Opening a second connection in this process must not drop our file locks (POSIX closes
+    release them), or another process that closes its connection deletes the WAL under us."""
+    import subprocess
+    import sys
+    import threading
+
+    path = str(tmp_path / "q.db")
+    store = JobStore(path)
+    store.open()
+    before = store.change_stamp()
+    thread = threading.Thread(target=store.open)  # a second connection, in another thread
+    thread.start()
+    thread.join()
+    code = f"from queuectl_kombu import JobStore, NewJob; JobStore({path!r}).publish(NewJob(queue='q', payload='1'))"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert Path(path + "-wal").exists()
+    assert store.change_stamp() != before
+    assert store.queue_size("q") == 1
+
+
+def test_job_ids_are_never_reused(tmp_path: Path) -> None:
+    store = JobStore(str(tmp_path / "q.db"))
+    (first,) = store.publish_many([NewJob(queue="q", payload="1")])
+    store.purge("q")
+    (second,) = store.publish_many([NewJob(queue="q", payload="2")])
+    assert second > first
