@@ -124,6 +124,15 @@ class JobStore:
 
         Higher priority first, then FIFO; queues are taken in the order given.
         """
+        return self._claim("claim", queues, limit, owner, lease_seconds)
+
+    def take(self, queues: Sequence[str], limit: int) -> list[ClaimedJob]:
+        """Remove and return up to `limit` due jobs, for consumers that do not acknowledge."""
+        return self._claim("take", queues, limit, "no-ack", 0.0)
+
+    def _claim(
+        self, statement: str, queues: Sequence[str], limit: int, owner: str, lease_seconds: float
+    ) -> list[ClaimedJob]:
         now = self.clock()
         conn = self.db.connection()
         ready = [q for q in queues if conn.execute(Q["has_ready"], {"queue": q, "now": now}).fetchone()]
@@ -133,7 +142,7 @@ class JobStore:
         with self.db.write() as conn:
             for queue in ready:
                 rows = conn.execute(
-                    Q["claim"],
+                    Q[statement],
                     {
                         "queue": queue,
                         "now": now,
@@ -149,8 +158,9 @@ class JobStore:
         if claimed:
             self._committed()
             if logger.isEnabledFor(logging.INFO):
+                verb = "processing" if statement == "claim" else "delivered and removed (no ack)"
                 for job in claimed:
-                    logger.info("job %d: processing (attempt %d, %s)", job.id, job.attempts, owner)
+                    logger.info("job %d: %s (attempt %d, %s)", job.id, verb, job.attempts, owner)
         return claimed
 
     def next_due(self, queues: Sequence[str]) -> float | None:
@@ -293,19 +303,26 @@ class JobStore:
         """Passive WAL checkpoint (the WAL is truncated to 8 MiB when it resets)."""
         return self.db.checkpoint()
 
-    # -- queues ---------------------------------------------------------------------------------
+    # -- queues, exchanges, bindings ----------------------------------------------------------
 
     def declare_queue(
         self, name: str, arguments: dict[str, Any] | None = None, *, auto_delete: bool = False,
         exclusive: bool = False,
     ) -> None:
-        """Record a queue (a no-op when it exists)."""
+        """Record a queue with its x-expires, x-message-ttl and x-max-priority (a redeclare is a use)."""
+        args = arguments or {}
         with self.db.write() as conn:
             conn.execute(
                 Q["declare_queue"],
                 {
-                    "name": name, "arguments": json.dumps(arguments or {}, default=str),
-                    "auto_delete": int(auto_delete), "exclusive": int(exclusive), "now": self.clock(),
+                    "name": name,
+                    "arguments": json.dumps(args, default=str),
+                    "auto_delete": int(auto_delete),
+                    "exclusive": int(exclusive),
+                    "expires": _millis(args.get("x-expires")),
+                    "message_ttl": _millis(args.get("x-message-ttl")),
+                    "max_priority": _int_or_none(args.get("x-max-priority")),
+                    "now": self.clock(),
                 },
             )
         self._committed()
@@ -314,27 +331,122 @@ class JobStore:
         """Whether a queue of that name was declared."""
         return self.db.connection().execute(Q["has_queue"], {"name": name}).fetchone() is not None
 
+    def queue_info(self, name: str) -> dict[str, Any] | None:
+        """A declared queue's settings, or None."""
+        row = self.db.connection().execute(Q["get_queue"], {"name": name}).fetchone()
+        return None if row is None else dict(row)
+
+    def list_queues(self) -> list[dict[str, Any]]:
+        """Declared queues with their settings and the number of messages waiting."""
+        return [dict(r) for r in self.db.connection().execute(Q["list_queues"])]
+
     def queue_size(self, queue: str) -> int:
-        """Jobs waiting in `queue` (pending or failed and waiting for a retry)."""
-        return int(self.db.connection().execute(Q["queue_size"], {"queue": queue}).fetchone()[0])
+        """Jobs waiting in `queue` (pending, or failed and waiting for a retry; not expired)."""
+        row = self.db.connection().execute(Q["queue_size"], {"queue": queue, "now": self.clock()}).fetchone()
+        return int(row[0])
+
+    def touch_queues(self, names: Sequence[str]) -> None:
+        """Mark queues as in use, so that their x-expires does not run out while consumed."""
+        if names:
+            with self.db.write() as conn:
+                conn.execute(Q["touch_queues"], {"names": json.dumps(list(names)), "now": self.clock()})
 
     def purge(self, queue: str) -> int:
         """Delete the jobs waiting in `queue`; returns how many."""
         with self.db.write() as conn:
-            n = conn.execute(Q["purge_queue"], {"queue": queue}).rowcount
+            n = conn.execute(Q["delete_queue_jobs"], {"name": queue}).rowcount
         self._committed()
         if n:
             logger.info("purged %d jobs from queue %s", n, queue)
         return n
 
     def delete_queue(self, queue: str) -> int:
-        """Purge a queue and forget it and its bindings."""
+        """Delete a queue with its waiting jobs and its bindings; returns the jobs deleted."""
         with self.db.write() as conn:
-            n = conn.execute(Q["purge_queue"], {"queue": queue}).rowcount
-            conn.execute(Q["delete_queue_bindings"], {"name": queue})
-            conn.execute(Q["delete_queue"], {"name": queue})
+            n = self._delete_queue(conn, queue)
         self._committed()
         return n
+
+    @staticmethod
+    def _delete_queue(conn: Any, queue: str) -> int:
+        n = conn.execute(Q["delete_queue_jobs"], {"name": queue}).rowcount
+        conn.execute(Q["delete_queue_bindings"], {"name": queue})
+        conn.execute(Q["delete_queue"], {"name": queue})
+        return int(n)
+
+    def expire(self) -> tuple[list[str], int]:
+        """Delete queues unused past their x-expires and messages past their TTL."""
+        now = self.clock()
+        conn = self.db.connection()
+        queues = [r[0] for r in conn.execute(Q["expired_queues"], {"now": now})]
+        stale = conn.execute(Q["has_expired_messages"], {"now": now}).fetchone() is not None
+        if not queues and not stale:
+            return [], 0
+        with self.db.write() as conn:
+            # Check again inside the transaction: a consumer may have touched the queue since.
+            queues = [r[0] for r in conn.execute(Q["expired_queues"], {"now": now})]
+            for queue in queues:
+                self._delete_queue(conn, queue)
+            n = conn.execute(Q["delete_expired_messages"], {"now": now}).rowcount
+        self._committed()
+        for queue in queues:
+            logger.info("queue %s expired (unused past its x-expires) and was deleted", queue)
+        if n:
+            logger.info("%d messages expired (message TTL) and were deleted", n)
+        return queues, n
+
+    def declare_exchange(
+        self, name: str, type: str, *, durable: bool = True, auto_delete: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        """Record an exchange (the first declaration wins)."""
+        with self.db.write() as conn:
+            conn.execute(
+                Q["declare_exchange"],
+                {
+                    "name": name, "type": type, "durable": int(durable), "auto_delete": int(auto_delete),
+                    "arguments": json.dumps(arguments or {}, default=str),
+                },
+            )
+        self._committed()
+
+    def exchange_type(self, name: str) -> str | None:
+        """The type of a declared exchange, or None."""
+        row = self.db.connection().execute(Q["exchange_type"], {"name": name}).fetchone()
+        return None if row is None else str(row[0])
+
+    def delete_exchange(self, name: str) -> None:
+        """Forget an exchange and its bindings."""
+        with self.db.write() as conn:
+            conn.execute(Q["delete_exchange_bindings"], {"name": name})
+            conn.execute(Q["delete_exchange"], {"name": name})
+        self._committed()
+
+    def bind(self, exchange: str, queue: str, routing_key: str, arguments: dict[str, Any] | None = None) -> None:
+        """Bind a queue to an exchange (idempotent)."""
+        with self.db.write() as conn:
+            conn.execute(
+                Q["bind"],
+                {
+                    "exchange": exchange, "queue": queue, "routing_key": routing_key,
+                    "arguments": json.dumps(arguments or {}, default=str),
+                },
+            )
+        self._committed()
+
+    def unbind(self, exchange: str, queue: str, routing_key: str) -> None:
+        """Remove one binding."""
+        with self.db.write() as conn:
+            conn.execute(Q["unbind"], {"exchange": exchange, "queue": queue, "routing_key": routing_key})
+        self._committed()
+
+    def bindings_of(self, exchange: str) -> list[tuple[str, str]]:
+        """(routing_key, queue) of every binding of an exchange."""
+        return [(r[0], r[1]) for r in self.db.connection().execute(Q["bindings_of_exchange"], {"exchange": exchange})]
+
+    def all_bindings(self) -> list[tuple[str, str, str]]:
+        """(queue, exchange, routing_key) of every binding."""
+        return [(r[0], r[1], r[2]) for r in self.db.connection().execute(Q["all_bindings"])]
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -366,6 +478,23 @@ class JobStore:
     def jobs_for_task(self, task_id: str) -> list[Job]:
         """Every row that carries a task id (a retried Celery task may have several)."""
         return [Job.from_row(r) for r in self.db.connection().execute(Q["jobs_by_task_id"], {"task_id": task_id})]
+
+
+def _millis(value: Any) -> float | None:
+    """AMQP milliseconds (x-expires, x-message-ttl, expiration) as seconds."""
+    if value is None or value == "":
+        return None
+    try:
+        return float(value) / 1000.0
+    except (TypeError, ValueError):
+        return None
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _insert_params(job: NewJob, now: float) -> dict[str, Any]:

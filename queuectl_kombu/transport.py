@@ -10,9 +10,9 @@ Features
 * Type: Virtual
 * Supports Direct: Yes
 * Supports Topic: Yes
-* Supports Fanout: No
-* Supports Priority: Yes (0-9, higher first, FIFO within a priority)
-* Supports TTL: No
+* Supports Fanout: Yes (exchanges and bindings are rows of the file, shared by every process)
+* Supports Priority: Yes (0-9, higher first, FIFO within a priority; capped by x-max-priority)
+* Supports TTL: Yes (x-message-ttl, a message's expiration, x-expires, auto-delete, exclusive)
 * ETA/countdown held by the broker: a message is not delivered before its ``eta`` header
 
 Connection String
@@ -56,7 +56,9 @@ from datetime import datetime, timezone
 from queue import Empty
 from typing import Any
 
+from kombu.exceptions import ChannelError
 from kombu.transport import virtual
+from kombu.transport.virtual.exchange import TopicExchange
 from kombu.utils.json import dumps, loads
 
 from . import signals  # noqa: F401  (records task errors on their rows)
@@ -121,11 +123,11 @@ class QoS(virtual.QoS):
 
 
 class Channel(virtual.Channel):
-    """A kombu channel whose queues are rows of the jobs table."""
+    """A kombu channel whose queues are rows of the jobs table and whose routes are in the file."""
 
     QoS = QoS
     do_restore = True
-    supports_fanout = False
+    supports_fanout = True
 
     max_retries: int | None = None
     backoff_base: float | None = None
@@ -147,27 +149,125 @@ class Channel(virtual.Channel):
         self.store = connection.store
         self._empty_stamp: tuple[int, int] | None = None
         self.next_due = math.inf
+        self._no_ack_queues: set[str] = set()
+        self._topic = TopicExchange(self)
+
+    # -- exchanges and bindings: kept in the database, shared by every process -----------------
+
+    def exchange_declare(
+        self, exchange: str | None = None, type: str = "direct", durable: bool = False,
+        auto_delete: bool = False, arguments: dict[str, Any] | None = None, nowait: bool = False,
+        passive: bool = False,
+    ) -> None:
+        """Declare an exchange in the database (passive: fail with 404 if it is missing)."""
+        type = type or "direct"
+        exchange = exchange or f"amq.{type}"
+        if passive:
+            if self.store.exchange_type(exchange) is None:
+                raise ChannelError(
+                    f"NOT_FOUND - no exchange {exchange!r} in vhost {self.store.path!r}",
+                    (50, 10), "Channel.exchange_declare", "404",
+                )
+            return
+        if type not in self.exchange_types:
+            raise ChannelError(f"exchange type {type!r} is not supported", (50, 10), "Channel.exchange_declare", "503")
+        self.store.declare_exchange(exchange, type, durable=durable, auto_delete=auto_delete, arguments=arguments)
+
+    def exchange_delete(self, exchange: str, if_unused: bool = False, nowait: bool = False) -> None:
+        """Delete an exchange and its bindings."""
+        self.store.delete_exchange(exchange)
+
+    def queue_bind(
+        self, queue: str, exchange: str | None = None, routing_key: str = "",
+        arguments: dict[str, Any] | None = None, **kwargs: Any,
+    ) -> None:
+        """Bind `queue` to `exchange` in the database."""
+        self.store.bind(exchange or "amq.direct", queue, routing_key or "", arguments)
+
+    def queue_unbind(
+        self, queue: str, exchange: str | None = None, routing_key: str = "",
+        arguments: dict[str, Any] | None = None, **kwargs: Any,
+    ) -> None:
+        """Remove a binding from the database."""
+        self.store.unbind(exchange or "amq.direct", queue, routing_key or "")
+
+    def list_bindings(self) -> Any:
+        """Every (queue, exchange, routing_key) binding."""
+        return iter(self.store.all_bindings())
+
+    def typeof(self, exchange: str, default: str = "direct") -> Any:
+        """The exchange type of a declared exchange (direct when unknown)."""
+        return self.exchange_types[self.store.exchange_type(exchange) or default]
+
+    def get_table(self, exchange: str) -> list[tuple[str, Any, str]]:
+        """(routing_key, pattern, queue) of the bindings of `exchange`."""
+        typ = self.typeof(exchange)
+        return [typ.prepare_bind(queue, exchange, rkey, None) for rkey, queue in self.store.bindings_of(exchange)]
+
+    def _lookup(self, exchange: str, routing_key: str, default: str | None = None) -> list[str]:
+        """The queues a message published to `exchange` with `routing_key` goes to."""
+        if default is None:
+            default = self.deadletter_queue
+        if not exchange:
+            return [routing_key or default] if (routing_key or default) else []
+        kind = self.store.exchange_type(exchange) or "direct"
+        bindings = self.store.bindings_of(exchange)
+        if kind == "fanout":
+            queues = {queue for _, queue in bindings}
+        elif kind == "topic":
+            queues = {
+                queue for rkey, queue in bindings
+                if self._topic._match(self._topic.key_to_pattern(rkey), routing_key)
+            }
+        else:
+            queues = {queue for rkey, queue in bindings if rkey == routing_key}
+        if not queues and default is not None:
+            return [default]
+        return sorted(queues)
 
     # -- publishing ---------------------------------------------------------------------------
 
+    def basic_publish(self, message: dict[str, Any], exchange: str, routing_key: str, **kwargs: Any) -> None:
+        """Route through the bindings in the file; every copy is inserted in one transaction."""
+        self._inplace_augment_message(message, exchange, routing_key)
+        queues = self._lookup(exchange, routing_key)
+        if queues:
+            self._put_many(queues, message)
+
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        self._put_many([queue], message)
+
+    def _put_fanout(self, exchange: str, message: dict[str, Any], routing_key: str, **kwargs: Any) -> None:
+        self._put_many(self._lookup(exchange, routing_key), message)
+
+    def _put_many(self, queues: list[str], message: dict[str, Any]) -> None:
         headers = message.get("headers") or {}
-        self.store.publish(
-            NewJob(
-                queue=queue,
-                payload=dumps(message),
-                priority=self._get_message_priority(message),
-                next_run_at=parse_eta(headers.get("eta")),
-                task_id=headers.get("id") or message.get("properties", {}).get("correlation_id"),
-                task_name=headers.get("task"),
-            )
+        props = message.get("properties") or {}
+        payload = dumps(message)
+        expiration = props.get("expiration")
+        self.store.publish_many(
+            [
+                NewJob(
+                    queue=queue,
+                    payload=payload,
+                    priority=self._get_message_priority(message),
+                    next_run_at=parse_eta(headers.get("eta")),
+                    task_id=headers.get("id") or props.get("correlation_id"),
+                    task_name=headers.get("task"),
+                    expires_at=None if expiration in (None, "") else time.time() + float(expiration) / 1000.0,
+                )
+                for queue in queues
+            ]
         )
 
+    # -- queues -------------------------------------------------------------------------------
+
     def _new_queue(self, queue: str, **kwargs: Any) -> None:
-        self.store.declare_queue(
-            queue, kwargs.get("arguments"), auto_delete=bool(kwargs.get("auto_delete")),
-            exclusive=bool(kwargs.get("exclusive")),
-        )
+        exclusive = bool(kwargs.get("exclusive"))
+        auto_delete = bool(kwargs.get("auto_delete"))
+        self.store.declare_queue(queue, kwargs.get("arguments"), auto_delete=auto_delete, exclusive=exclusive)
+        if exclusive:
+            self.transport.exclusive_queues.add(queue)
 
     def _has_queue(self, queue: str, **kwargs: Any) -> bool:
         return self.store.has_queue(queue)
@@ -185,7 +285,6 @@ class Channel(virtual.Channel):
         """Delete a queue, its waiting messages and its bindings."""
         if if_empty and self._size(queue):
             return
-        super().queue_delete(queue, if_unused=if_unused, if_empty=if_empty, **kwargs)
         self.store.delete_queue(queue)
 
     # -- consuming ----------------------------------------------------------------------------
@@ -208,19 +307,31 @@ class Channel(virtual.Channel):
         self.transport.keeper_start()
         return self._deliverable(claimed[0])
 
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        """Get one message; with no_ack it leaves the queue at once."""
+        self.store.touch_queues([queue])
+        if not no_ack:
+            return super().basic_get(queue, no_ack=False, **kwargs)
+        taken = self.store.take([queue], 1)
+        return self.Message(self._deliverable(taken[0]), channel=self) if taken else None
+
     def drain_events(self, timeout: float | None = None, callback: Any = None) -> int:
         """Claim as many messages as the prefetch window allows, in one transaction."""
         callback = callback or self.connection._deliver
         if not self._consumers:
             raise Empty()
-        room = self.qos.can_consume_max_estimate()
-        limit = self.prefetch_batch if room is None else min(room, self.prefetch_batch)
-        if limit <= 0:
-            raise Empty()
         stamp = self.store.change_stamp()
         if stamp == self._empty_stamp and time.time() < self.next_due:
             raise Empty()  # nothing was committed and nothing came due since the last empty claim
-        claimed = self._claim(list(self._active_queues), limit)
+        acked = [q for q in self._active_queues if q not in self._no_ack_queues]
+        unacked = [q for q in self._active_queues if q in self._no_ack_queues]
+        claimed = self.store.take(unacked, self.prefetch_batch) if unacked else []
+        room = self.qos.can_consume_max_estimate()
+        limit = self.prefetch_batch if room is None else min(room, self.prefetch_batch)
+        if acked and limit > 0:
+            claimed += self._claim(acked, limit)
+        elif acked and not claimed:
+            raise Empty()  # the prefetch window is full: an ack will wake us
         if not claimed:
             self._empty_stamp = stamp
             due = self.store.next_due(list(self._active_queues))
@@ -235,9 +346,27 @@ class Channel(virtual.Channel):
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
         """Consume from `queue`; starts the lease keeper of this connection."""
         self._empty_stamp = None
+        if no_ack:
+            self._no_ack_queues.add(queue)
         result = super().basic_consume(queue, no_ack, *args, **kwargs)
+        self.store.touch_queues([queue])
         self.transport.keeper_start()
         return result
+
+    def basic_cancel(self, consumer_tag: str) -> Any:
+        """Stop consuming; an auto-delete queue is deleted with its last consumer."""
+        queue = self._tag_to_queue.get(consumer_tag)
+        result = super().basic_cancel(consumer_tag)
+        if queue is not None and queue not in self._active_queues:
+            self._no_ack_queues.discard(queue)
+            info = self.store.queue_info(queue)
+            if info is not None and info["auto_delete"]:
+                self.store.delete_queue(queue)
+        return result
+
+    def consumed_queues(self) -> list[str]:
+        """The queues this channel consumes from."""
+        return list(self._active_queues)
 
     def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
         """Complete the message's row (or delete it when retention is 0)."""
@@ -278,7 +407,7 @@ class Transport(virtual.Transport):
 
     implements = virtual.Transport.implements.extend(
         asynchronous=True,
-        exchange_type=frozenset(["direct", "topic"]),
+        exchange_type=frozenset(["direct", "topic", "fanout"]),
         heartbeats=False,
     )
 
@@ -292,6 +421,8 @@ class Transport(virtual.Transport):
         self._owner: str | None = None
         self._owner_pid = 0
         self._keeper: LeaseKeeper | None = None
+        #: Exclusive queues declared through this connection: deleted when it closes.
+        self.exclusive_queues: set[str] = set()
         self._loop: Any = None
         self._timers: list[Any] = []
         self._due_timer: Any = None
@@ -385,12 +516,22 @@ class Transport(virtual.Transport):
         finally:
             if self._loop is not None:
                 self.unregister_from_event_loop(connection, self._loop)
+            for queue in list(self.exclusive_queues):
+                try:
+                    self.store.delete_queue(queue)
+                except (sqlite3.Error, DatabaseUnusable) as exc:
+                    logger.warning("could not delete exclusive queue %s: %s", queue, exc)
+            self.exclusive_queues.clear()
             if self._keeper is not None:
                 self._keeper.stop()
                 self._keeper = None
             if self._waiter is not None:
                 self._waiter.close()
                 self._waiter = None
+
+    def consumed_queues(self) -> list[str]:
+        """Every queue some channel of this connection consumes from."""
+        return sorted({q for ch in self.channels for q in ch.consumed_queues()})
 
     def keeper_start(self) -> None:
         """Start renewing this connection's leases (once per process)."""
@@ -434,6 +575,7 @@ class LeaseKeeper(threading.Thread):
     """
 
     PRUNE_EVERY = 30.0
+    TOUCH_EVERY = 1.0
     CHECKPOINT_EVERY = 10.0
 
     def __init__(self, transport: Transport) -> None:
@@ -452,7 +594,7 @@ class LeaseKeeper(threading.Thread):
         self._stop_event.set()
 
     def run(self) -> None:
-        last_renew = last_prune = last_checkpoint = time.monotonic()
+        last_renew = last_prune = last_checkpoint = last_touch = time.monotonic()
         while not self._stop_event.is_set():
             try:
                 lease = self.transport.lease_seconds()
@@ -464,6 +606,10 @@ class LeaseKeeper(threading.Thread):
                     self.store.renew_leases(self.transport.owner, lease)
                     last_renew = now
                 self.store.recover_expired_leases()
+                if now - last_touch >= self.TOUCH_EVERY:
+                    self.store.touch_queues(self.transport.consumed_queues())
+                    self.store.expire()
+                    last_touch = now
                 if now - last_prune >= self.PRUNE_EVERY:
                     self.store.prune_completed(self._retention())
                     last_prune = now

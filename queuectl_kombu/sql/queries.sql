@@ -2,14 +2,20 @@
 -- The ready-row filter is spelled exactly as in the jobs_ready index so that SQLite uses it.
 
 -- name: insert_job
+-- The queue's x-max-priority caps the priority and its x-message-ttl sets expires_at unless the
+-- message carries its own expiration.
 INSERT INTO jobs (task_id, task_name, queue, state, priority, payload, attempts, max_retries,
                   next_run_at, expires_at, created_at, updated_at)
-VALUES (:task_id, :task_name, :queue, 'pending', :priority, :payload, 0, :max_retries,
-        :next_run_at, :expires_at, :now, :now)
+VALUES (:task_id, :task_name, :queue, 'pending',
+        MIN(:priority, COALESCE((SELECT max_priority FROM queues WHERE name = :queue), 9)),
+        :payload, 0, :max_retries, :next_run_at,
+        COALESCE(:expires_at, :now + (SELECT message_ttl FROM queues WHERE name = :queue)),
+        :now, :now)
 
 -- name: has_ready
 SELECT 1 FROM jobs
 WHERE queue = :queue AND state IN ('pending', 'failed') AND next_run_at <= :now
+  AND (expires_at IS NULL OR expires_at > :now)
 LIMIT 1
 
 -- name: claim
@@ -19,10 +25,23 @@ SET state = 'processing', attempts = attempts + 1, lease_owner = :owner,
 WHERE id IN (
     SELECT id FROM jobs
     WHERE queue = :queue AND state IN ('pending', 'failed') AND next_run_at <= :now
+      AND (expires_at IS NULL OR expires_at > :now)
     ORDER BY priority DESC, id
     LIMIT :limit
 )
 RETURNING id, queue, priority, attempts, task_id, payload
+
+-- name: take
+-- For consumers that do not acknowledge (no_ack): the message leaves the queue as it is delivered.
+DELETE FROM jobs
+WHERE id IN (
+    SELECT id FROM jobs
+    WHERE queue = :queue AND state IN ('pending', 'failed') AND next_run_at <= :now
+      AND (expires_at IS NULL OR expires_at > :now)
+    ORDER BY priority DESC, id
+    LIMIT :limit
+)
+RETURNING id, queue, priority, attempts + 1, task_id, payload
 
 -- name: next_due
 SELECT MIN(next_run_at) FROM jobs
@@ -82,25 +101,78 @@ DELETE FROM jobs WHERE id IN (
     SELECT id FROM jobs WHERE state = 'completed' AND updated_at < :cutoff LIMIT :limit
 )
 
--- name: purge_queue
-DELETE FROM jobs WHERE queue = :queue AND state IN ('pending', 'failed')
-
 -- name: queue_size
 SELECT COUNT(*) FROM jobs WHERE queue = :queue AND state IN ('pending', 'failed')
+  AND (expires_at IS NULL OR expires_at > :now)
 
 -- name: declare_queue
-INSERT INTO queues (name, arguments, auto_delete, exclusive, created_at)
-VALUES (:name, :arguments, :auto_delete, :exclusive, :now)
-ON CONFLICT (name) DO NOTHING
+-- A redeclare keeps the first definition but counts as a use (it resets x-expires).
+INSERT INTO queues (name, arguments, auto_delete, exclusive, expires, message_ttl, max_priority,
+                    last_used_at, created_at)
+VALUES (:name, :arguments, :auto_delete, :exclusive, :expires, :message_ttl, :max_priority, :now, :now)
+ON CONFLICT (name) DO UPDATE SET last_used_at = excluded.last_used_at
 
 -- name: has_queue
 SELECT 1 FROM queues WHERE name = :name
 
+-- name: get_queue
+SELECT name, arguments, auto_delete, exclusive, expires, message_ttl, max_priority, last_used_at
+FROM queues WHERE name = :name
+
+-- name: list_queues
+SELECT q.name, q.auto_delete, q.exclusive, q.expires, q.message_ttl, q.max_priority,
+       (SELECT COUNT(*) FROM jobs j WHERE j.queue = q.name AND j.state IN ('pending', 'failed')) AS size
+FROM queues q ORDER BY q.name
+
+-- name: touch_queues
+UPDATE queues SET last_used_at = :now
+WHERE expires IS NOT NULL AND name IN (SELECT value FROM json_each(:names))
+
+-- name: expired_queues
+SELECT name FROM queues WHERE expires IS NOT NULL AND last_used_at + expires <= :now
+
 -- name: delete_queue
 DELETE FROM queues WHERE name = :name
 
+-- name: delete_queue_jobs
+DELETE FROM jobs WHERE queue = :name AND state IN ('pending', 'failed')
+
 -- name: delete_queue_bindings
 DELETE FROM bindings WHERE queue = :name
+
+-- name: has_expired_messages
+SELECT 1 FROM jobs WHERE expires_at <= :now AND state IN ('pending', 'failed') LIMIT 1
+
+-- name: delete_expired_messages
+DELETE FROM jobs WHERE expires_at <= :now AND state IN ('pending', 'failed')
+
+-- name: declare_exchange
+INSERT INTO exchanges (name, type, durable, auto_delete, arguments)
+VALUES (:name, :type, :durable, :auto_delete, :arguments)
+ON CONFLICT (name) DO NOTHING
+
+-- name: exchange_type
+SELECT type FROM exchanges WHERE name = :name
+
+-- name: delete_exchange
+DELETE FROM exchanges WHERE name = :name
+
+-- name: delete_exchange_bindings
+DELETE FROM bindings WHERE exchange = :name
+
+-- name: bind
+INSERT INTO bindings (exchange, queue, routing_key, arguments)
+VALUES (:exchange, :queue, :routing_key, :arguments)
+ON CONFLICT (exchange, queue, routing_key) DO NOTHING
+
+-- name: unbind
+DELETE FROM bindings WHERE exchange = :exchange AND queue = :queue AND routing_key = :routing_key
+
+-- name: bindings_of_exchange
+SELECT routing_key, queue FROM bindings WHERE exchange = :exchange
+
+-- name: all_bindings
+SELECT queue, exchange, routing_key FROM bindings ORDER BY exchange, queue, routing_key
 
 -- name: get_config
 SELECT key, value FROM config

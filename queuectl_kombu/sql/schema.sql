@@ -15,7 +15,7 @@
 -- Times are UTC seconds since the epoch (REAL).
 
 CREATE TABLE IF NOT EXISTS jobs (
-    id               INTEGER PRIMARY KEY,
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a stale ack can't hit a new job
     task_id          TEXT,
     task_name        TEXT,
     queue            TEXT    NOT NULL,
@@ -42,6 +42,8 @@ CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_expires_at) WHERE state = 
 -- Completed rows to prune once their retention time has passed.
 CREATE INDEX IF NOT EXISTS jobs_completed ON jobs (updated_at) WHERE state = 'completed';
 CREATE INDEX IF NOT EXISTS jobs_task_id ON jobs (task_id);
+-- Messages with a time to live.
+CREATE INDEX IF NOT EXISTS jobs_expiring ON jobs (expires_at) WHERE expires_at IS NOT NULL;
 
 -- Runtime settings shared by every process: key -> JSON value.
 CREATE TABLE IF NOT EXISTS config (
@@ -50,14 +52,20 @@ CREATE TABLE IF NOT EXISTS config (
 );
 
 -- Queues, exchanges and bindings live in the file so that every process routes alike.
+-- x-expires: a queue unused (no consumer, no get, no redeclare) for `expires` seconds is deleted
+-- with its messages; x-message-ttl: `message_ttl` seconds; x-max-priority: `max_priority`.
 CREATE TABLE IF NOT EXISTS queues (
-    name         TEXT PRIMARY KEY,
-    arguments    TEXT NOT NULL DEFAULT '{}',
-    auto_delete  INTEGER NOT NULL DEFAULT 0,
-    exclusive    INTEGER NOT NULL DEFAULT 0,
-    expires_at   REAL,
-    created_at   REAL NOT NULL
+    name          TEXT PRIMARY KEY,
+    arguments     TEXT NOT NULL DEFAULT '{}',
+    auto_delete   INTEGER NOT NULL DEFAULT 0,
+    exclusive     INTEGER NOT NULL DEFAULT 0,
+    expires       REAL,
+    message_ttl   REAL,
+    max_priority  INTEGER,
+    last_used_at  REAL NOT NULL,
+    created_at    REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS queues_expiring ON queues (last_used_at) WHERE expires IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS exchanges (
     name         TEXT PRIMARY KEY,
@@ -77,12 +85,19 @@ CREATE TABLE IF NOT EXISTS bindings (
 CREATE INDEX IF NOT EXISTS bindings_queue ON bindings (queue);
 
 -- Celery results (the result backend): Celery's keys (celery-task-meta-<id>, group and chord
--- keys) to their encoded value, with an expiry time that the backend enforces itself.
+-- keys) to their encoded value, with an expiry time that the backend enforces itself: an expired
+-- row is never returned and is deleted by the next writes (no celery beat needed).
+--   state    the Celery state of a task result (NULL for group and chord keys). A row whose state
+--            is SUCCESS is final: a later state stored for the same task (a redelivered copy that
+--            runs again, or fails) leaves it as it is, until it expires or is forgotten.
+--   counter  chord counters (incr): header tasks that have returned, counted in one statement.
 CREATE TABLE IF NOT EXISTS results (
     key          TEXT PRIMARY KEY,
     value        BLOB,
+    state        TEXT,
     counter      INTEGER NOT NULL DEFAULT 0,
     expires_at   REAL,
     updated_at   REAL NOT NULL
 );
+-- Expired rows to delete.
 CREATE INDEX IF NOT EXISTS results_expires ON results (expires_at) WHERE expires_at IS NOT NULL;
