@@ -58,6 +58,7 @@ from typing import Any
 
 from kombu.exceptions import ChannelError
 from kombu.transport import virtual
+from kombu.transport.base import to_rabbitmq_queue_arguments
 from kombu.transport.virtual.exchange import TopicExchange
 from kombu.utils.json import dumps, loads
 
@@ -261,6 +262,10 @@ class Channel(virtual.Channel):
         )
 
     # -- queues -------------------------------------------------------------------------------
+
+    def prepare_queue_arguments(self, arguments: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """Queue(expires=, message_ttl=, max_priority=) as x-expires, x-message-ttl, x-max-priority."""
+        return to_rabbitmq_queue_arguments(arguments, **kwargs)
 
     def _new_queue(self, queue: str, **kwargs: Any) -> None:
         exclusive = bool(kwargs.get("exclusive"))
