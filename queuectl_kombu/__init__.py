@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from kombu.transport import TRANSPORT_ALIASES
 
-from .exceptions import DatabaseUnusable, InvalidConfig, JobNotFound, QueuectlError
+from .exceptions import (
+    DatabaseUnusable,
+    DuplicateJob,
+    InvalidConfig,
+    InvalidTransition,
+    JobNotFound,
+    QueuectlError,
+)
 from .states import JobState
 from .store import JobStore, NewJob
 
@@ -17,7 +24,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DatabaseUnusable",
+    "DuplicateJob",
     "InvalidConfig",
+    "InvalidTransition",
     "JobNotFound",
     "JobState",
     "JobStore",

@@ -77,6 +77,7 @@ def _open(path: str, synchronous: str) -> sqlite3.Connection:
 
 
 def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    """Create the schema in a new file, or bring an older file up to date, in one transaction."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version == sql.SCHEMA_VERSION:
         return
@@ -87,17 +88,26 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
         )
     conn.execute("BEGIN IMMEDIATE")
     try:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]  # another process may have won
         if version == 0:
-            for statement in sql.statements(sql.SCHEMA):
+            if conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
+                raise DatabaseUnusable(f"cannot open database {path}: it holds tables that are not queuectl's")
+            steps = [(sql.SCHEMA_VERSION, sql.SCHEMA)]
+        else:
+            steps = [(v, sql.MIGRATIONS[v]) for v in range(version + 1, sql.SCHEMA_VERSION + 1)]
+        for target, script in steps:
+            for statement in sql.statements(script):
                 conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {sql.SCHEMA_VERSION}")
+            conn.execute(f"PRAGMA user_version = {int(target)}")
         conn.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
         raise
-    logger.info("created the queuectl schema (version %d) in %s", sql.SCHEMA_VERSION, path)
+    if version == 0:
+        logger.info("created the queuectl schema (version %d) in %s", sql.SCHEMA_VERSION, path)
+    else:
+        logger.warning("migrated %s from schema version %d to %d", path, version, sql.SCHEMA_VERSION)
 
 
 class Database:

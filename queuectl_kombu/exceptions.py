@@ -24,3 +24,7 @@ class JobNotFound(QueuectlError):
 
 class InvalidTransition(QueuectlError):
     """The job is not in the state this change expects."""
+
+
+class DuplicateJob(QueuectlError):
+    """A job with that id already exists."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import sqlite3
 from dataclasses import dataclass, fields
 from typing import Any
@@ -29,6 +32,26 @@ class Job:
     created_at: float
     updated_at: float
     last_error: str | None
+
+    def message(self) -> dict[str, Any]:
+        """The kombu message this job carries."""
+        return dict(json.loads(self.payload))
+
+    def task_call(self) -> tuple[list[Any], dict[str, Any]] | None:
+        """(args, kwargs) of a Celery task message with a JSON body, else None."""
+        try:
+            message = self.message()
+            body = message.get("body")
+            if message.get("properties", {}).get("body_encoding") == "base64":
+                body = base64.b64decode(body)
+            if message.get("content-type") != "application/json":
+                return None
+            decoded = json.loads(body)
+        except (ValueError, TypeError, binascii.Error):
+            return None
+        if isinstance(decoded, list) and len(decoded) == 3:  # Celery protocol 2: (args, kwargs, embed)
+            return list(decoded[0]), dict(decoded[1])
+        return None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:

@@ -13,7 +13,7 @@ from typing import Any
 
 from . import settings as settings_mod
 from .db import Database
-from .exceptions import JobNotFound
+from .exceptions import DuplicateJob, InvalidTransition, JobNotFound
 from .jobs import ClaimedJob, Job
 from .retry import RetryPolicy
 from .sql import QUERIES as Q
@@ -101,12 +101,19 @@ class JobStore:
         """Insert one pending job; returns its id."""
         return self.publish_many([job])[0]
 
-    def publish_many(self, jobs: Iterable[NewJob]) -> list[int]:
-        """Insert pending jobs in one transaction: all or none."""
+    def publish_many(self, jobs: Iterable[NewJob], *, unique_task_ids: bool = False) -> list[int]:
+        """Insert pending jobs in one transaction: all or none.
+
+        With unique_task_ids, a task id that any job already has (or that repeats in `jobs`)
+        raises DuplicateJob and nothing is written.
+        """
         now = self.clock()
         ids: list[int] = []
         with self.db.write() as conn:
             for job in jobs:
+                if unique_task_ids and job.task_id is not None:
+                    if conn.execute(Q["task_id_exists"], {"task_id": job.task_id}).fetchone():
+                        raise DuplicateJob(f"a job with id {job.task_id!r} already exists")
                 cur = conn.execute(Q["insert_job"], _insert_params(job, now))
                 ids.append(int(cur.lastrowid or 0))
         self._committed()
@@ -448,6 +455,38 @@ class JobStore:
         """(queue, exchange, routing_key) of every binding."""
         return [(r[0], r[1], r[2]) for r in self.db.connection().execute(Q["all_bindings"])]
 
+    # -- the dead-letter queue -------------------------------------------------------------------
+
+    def dlq_retry(self, job_id: int) -> None:
+        """Move one dead job back to pending with its attempts reset."""
+        with self.db.write() as conn:
+            changed = conn.execute(Q["revive"], {"id": job_id, "now": self.clock()}).rowcount
+            if not changed:
+                row = conn.execute(Q["get_job"], {"id": job_id}).fetchone()
+                if row is None:
+                    raise JobNotFound(f"no job with id {job_id}")
+                raise InvalidTransition(f"job {job_id} is {row['state']}, not dead")
+        self._committed()
+        logger.info("job %d: pending (dlq retry)", job_id)
+
+    def dlq_retry_all(self) -> list[int]:
+        """Move every dead job back to pending; returns their ids."""
+        with self.db.write() as conn:
+            ids = [r[0] for r in conn.execute(Q["revive_all"], {"now": self.clock()}).fetchall()]
+        self._committed()
+        for job_id in ids:
+            logger.info("job %d: pending (dlq retry)", job_id)
+        return ids
+
+    def dlq_purge(self) -> int:
+        """Delete every dead job; returns how many."""
+        with self.db.write() as conn:
+            n = len(conn.execute(Q["delete_dead"]).fetchall())
+        self._committed()
+        if n:
+            logger.info("deleted %d dead jobs", n)
+        return n
+
     # -- reading --------------------------------------------------------------------------------
 
     def counts(self) -> dict[JobState, int]:
@@ -467,6 +506,31 @@ class JobStore:
             "limit": -1 if limit is None else limit,
         }
         return [Job.from_row(r) for r in self.db.connection().execute(Q["list_jobs"], params)]
+
+    def counts_by_queue(self) -> dict[str, dict[JobState, int]]:
+        """Jobs per queue and state (every state present in each queue, zero included)."""
+        result: dict[str, dict[JobState, int]] = {}
+        for queue, state, n in self.db.connection().execute(Q["count_by_queue_state"]):
+            result.setdefault(queue, {s: 0 for s in JobState})[JobState(state)] = n
+        return result
+
+    def oldest_pending_created_at(self) -> float | None:
+        """When the oldest pending job was created, or None."""
+        row = self.db.connection().execute(Q["oldest_waiting"]).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def find_job(self, key: str | int) -> Job:
+        """A job by task id (the newest row carrying it), else by numeric row id."""
+        row = self.db.connection().execute(Q["latest_by_task_id"], {"task_id": str(key)}).fetchone()
+        if row is not None:
+            return Job.from_row(row)
+        if isinstance(key, int) or str(key).isdigit():
+            return self.get_job(int(key))
+        raise JobNotFound(f"no job with id {key!r}")
+
+    def task_exists(self, task_id: str) -> bool:
+        """Whether any job carries this task id."""
+        return self.db.connection().execute(Q["task_id_exists"], {"task_id": task_id}).fetchone() is not None
 
     def get_job(self, job_id: int) -> Job:
         """One job by its row id."""

@@ -69,6 +69,11 @@ from .store import JobStore, NewJob
 
 logger = logging.getLogger(__name__)
 
+#: A message header that sets the job's own max_retries (the config table's applies otherwise).
+MAX_RETRIES_HEADER = "x-max-retries"
+#: A message header asking that no other job carry the same task id (DuplicateJob otherwise).
+UNIQUE_HEADER = "x-unique-id"
+
 #: Longest a consumer sleeps before it looks again even if the file did not change.
 MAX_WAIT = 1.0
 
@@ -246,6 +251,7 @@ class Channel(virtual.Channel):
         props = message.get("properties") or {}
         payload = dumps(message)
         expiration = props.get("expiration")
+        max_retries = headers.get(MAX_RETRIES_HEADER)
         self.store.publish_many(
             [
                 NewJob(
@@ -256,9 +262,11 @@ class Channel(virtual.Channel):
                     task_id=headers.get("id") or props.get("correlation_id"),
                     task_name=headers.get("task"),
                     expires_at=None if expiration in (None, "") else time.time() + float(expiration) / 1000.0,
+                    max_retries=None if max_retries is None else int(max_retries),
                 )
                 for queue in queues
-            ]
+            ],
+            unique_task_ids=bool(headers.get(UNIQUE_HEADER)),
         )
 
     # -- queues -------------------------------------------------------------------------------

@@ -44,6 +44,8 @@ def statements(script: str) -> list[str]:
 
 SCHEMA: str = read("schema.sql")
 SCHEMA_VERSION = 1
+#: Scripts that bring a file from version N - 1 to N (sql/migrate_N.sql), applied in order.
+MIGRATIONS: dict[int, str] = {n: read(f"migrate_{n}.sql") for n in range(2, SCHEMA_VERSION + 1)}
 def _load_queries(*filenames: str) -> dict[str, str]:
     merged: dict[str, str] = {}
     for filename in filenames:

@@ -195,3 +195,30 @@ SELECT * FROM jobs WHERE id = :id
 
 -- name: jobs_by_task_id
 SELECT * FROM jobs WHERE task_id = :task_id ORDER BY id
+
+-- name: count_by_queue_state
+SELECT queue, state, COUNT(*) AS n FROM jobs GROUP BY queue, state ORDER BY queue, state
+
+-- name: oldest_waiting
+SELECT MIN(created_at) FROM jobs WHERE state = 'pending'
+
+-- name: latest_by_task_id
+SELECT * FROM jobs WHERE task_id = :task_id ORDER BY id DESC LIMIT 1
+
+-- name: task_id_exists
+SELECT 1 FROM jobs WHERE task_id = :task_id LIMIT 1
+
+-- name: revive
+-- dlq retry: a dead job goes back to pending with its attempts reset.
+UPDATE jobs
+SET state = 'pending', attempts = 0, next_run_at = :now, updated_at = :now
+WHERE id = :id AND state = 'dead'
+
+-- name: revive_all
+UPDATE jobs
+SET state = 'pending', attempts = 0, next_run_at = :now, updated_at = :now
+WHERE state = 'dead'
+RETURNING id
+
+-- name: delete_dead
+DELETE FROM jobs WHERE state = 'dead' RETURNING id

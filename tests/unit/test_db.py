@@ -109,3 +109,25 @@ def test_job_ids_are_never_reused(tmp_path: Path) -> None:
     store.purge("q")
     (second,) = store.publish_many([NewJob(queue="q", payload="2")])
     assert second > first
+
+
+def test_older_schema_migrates_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from queuectl_kombu import sql
+
+    path = str(tmp_path / "q.db")
+    JobStore(path).publish(NewJob(queue="q", payload="kept"))
+    monkeypatch.setattr(sql, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(sql, "MIGRATIONS", {2: "ALTER TABLE jobs ADD COLUMN note TEXT;"})
+    store = JobStore(path)
+    conn = store.db.connection()
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert [tuple(r) for r in conn.execute("SELECT payload, note FROM jobs")] == [("kept", None)]
+
+
+def test_foreign_tables_are_refused(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "other.db"
+    sqlite3.connect(path).execute("CREATE TABLE users (name TEXT)").connection.commit()
+    with pytest.raises(DatabaseUnusable, match="holds tables that are not queuectl's"):
+        JobStore(str(path)).open()

@@ -197,3 +197,50 @@ def test_claim_uses_the_ready_index(store: JobStore) -> None:
     subquery = QUERIES["has_ready"]
     plan = " ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + subquery, {"queue": "q", "now": 0}))
     assert "jobs_ready" in plan
+
+
+def test_dlq_retry_revives_dead_jobs_only(store: JobStore) -> None:
+    from queuectl_kombu import InvalidTransition, JobNotFound
+
+    (a, b) = publish(store, n=2, max_retries=0)
+    store.claim(["q"], 1, "w", 30)
+    store.fail(a, "w", "boom")
+    store.dlq_retry(a)
+    job = store.get_job(a)
+    assert (job.state, job.attempts) == (JobState.PENDING, 0)
+    with pytest.raises(InvalidTransition, match=f"job {b} is pending, not dead"):
+        store.dlq_retry(b)
+    with pytest.raises(JobNotFound, match="no job with id 999"):
+        store.dlq_retry(999)
+
+
+def test_dlq_retry_all_and_purge(store: JobStore) -> None:
+    ids = publish(store, n=3, max_retries=0)
+    for job in store.claim(["q"], 3, "w", 30):
+        store.fail(job.id, "w", "x")
+    assert store.counts()[JobState.DEAD] == 3
+    assert sorted(store.dlq_retry_all()) == ids
+    for job in store.claim(["q"], 3, "w", 30):
+        store.fail(job.id, "w", "x")
+    assert store.dlq_purge() == 3
+    assert store.list_jobs() == []
+
+
+def test_unique_task_ids_refuse_a_duplicate_and_write_nothing(store: JobStore) -> None:
+    from queuectl_kombu import DuplicateJob
+
+    publish(store, task_id="job1")
+    with pytest.raises(DuplicateJob, match="a job with id 'job1' already exists"):
+        store.publish_many(
+            [NewJob(queue="q", payload="{}", task_id="job2"), NewJob(queue="q", payload="{}", task_id="job1")],
+            unique_task_ids=True,
+        )
+    assert [j.task_id for j in store.list_jobs()] == ["job1"]
+
+
+def test_find_job_by_task_id_or_row_id(store: JobStore) -> None:
+    (a,) = publish(store, task_id="job1")
+    assert store.find_job("job1").id == a
+    assert store.find_job(str(a)).task_id == "job1"
+    assert store.counts_by_queue()["q"][JobState.PENDING] == 1
+    assert store.oldest_pending_created_at() is not None
