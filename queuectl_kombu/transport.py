@@ -55,6 +55,7 @@ import uuid
 from datetime import datetime, timezone
 from queue import Empty
 from typing import Any
+from collections.abc import Iterable
 
 from kombu.exceptions import ChannelError
 from kombu.transport import virtual
@@ -247,27 +248,43 @@ class Channel(virtual.Channel):
         self._put_many(self._lookup(exchange, routing_key), message)
 
     def _put_many(self, queues: list[str], message: dict[str, Any]) -> None:
+        payload = dumps(message)
+        unique = bool((message.get("headers") or {}).get(UNIQUE_HEADER))
+        self.store.publish_many([self._new_job(queue, message, payload) for queue in queues], unique_task_ids=unique)
+
+    def _new_job(self, queue: str, message: dict[str, Any], payload: str) -> NewJob:
         headers = message.get("headers") or {}
         props = message.get("properties") or {}
-        payload = dumps(message)
         expiration = props.get("expiration")
         max_retries = headers.get(MAX_RETRIES_HEADER)
-        self.store.publish_many(
-            [
-                NewJob(
-                    queue=queue,
-                    payload=payload,
-                    priority=self._get_message_priority(message),
-                    next_run_at=parse_eta(headers.get("eta")),
-                    task_id=headers.get("id") or props.get("correlation_id"),
-                    task_name=headers.get("task"),
-                    expires_at=None if expiration in (None, "") else time.time() + float(expiration) / 1000.0,
-                    max_retries=None if max_retries is None else int(max_retries),
-                )
-                for queue in queues
-            ],
-            unique_task_ids=bool(headers.get(UNIQUE_HEADER)),
+        return NewJob(
+            queue=queue,
+            payload=payload,
+            priority=self._get_message_priority(message),
+            next_run_at=parse_eta(headers.get("eta")),
+            task_id=headers.get("id") or props.get("correlation_id"),
+            task_name=headers.get("task"),
+            expires_at=None if expiration in (None, "") else time.time() + float(expiration) / 1000.0,
+            max_retries=None if max_retries is None else int(max_retries),
         )
+
+    def basic_publish_many(
+        self, items: Iterable[tuple[dict[str, Any], str, str]], *, unique_task_ids: bool = False
+    ) -> list[int]:
+        """Publish many (message, exchange, routing_key) in ONE transaction: all or none.
+
+        The bulk path of ``queuectl enqueue --file``; messages are made by ``prepare_message``.
+        """
+        routes: dict[tuple[str, str], list[str]] = {}
+        jobs: list[NewJob] = []
+        for message, exchange, routing_key in items:
+            self._inplace_augment_message(message, exchange, routing_key)
+            key = (exchange, routing_key)
+            if key not in routes:
+                routes[key] = self._lookup(exchange, routing_key)
+            payload = dumps(message)
+            jobs.extend(self._new_job(queue, message, payload) for queue in routes[key])
+        return self.store.publish_many(jobs, unique_task_ids=unique_task_ids)
 
     # -- queues -------------------------------------------------------------------------------
 
