@@ -125,8 +125,10 @@ SELECT q.name, q.auto_delete, q.exclusive, q.expires, q.message_ttl, q.max_prior
 FROM queues q ORDER BY q.name
 
 -- name: touch_queues
+-- Only when a third of the expiry time has passed: an idle worker writes (and wakes others) rarely.
 UPDATE queues SET last_used_at = :now
-WHERE expires IS NOT NULL AND name IN (SELECT value FROM json_each(:names))
+WHERE expires IS NOT NULL AND last_used_at < :now - expires / 3
+  AND name IN (SELECT value FROM json_each(:names))
 
 -- name: expired_queues
 SELECT name FROM queues WHERE expires IS NOT NULL AND last_used_at + expires <= :now
