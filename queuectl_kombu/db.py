@@ -55,6 +55,17 @@ def _create_private(path: str) -> None:
         os.close(fd)
 
 
+def _warn_if_shared(path: str) -> None:
+    """Whoever can write the file can run commands through it: say so loudly."""
+    with contextlib.suppress(OSError):
+        mode = os.stat(path).st_mode
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            logger.warning(
+                "database %s is writable by %s: anyone who can write it can run commands on the "
+                "workers (chmod 600 %s)", path, "everyone" if mode & stat.S_IWOTH else "its group", path,
+            )
+
+
 def _open(path: str, synchronous: str) -> sqlite3.Connection:
     conn = sqlite3.connect(
         path, timeout=30.0, isolation_level=None, check_same_thread=False
@@ -138,6 +149,7 @@ class Database:
         if not os.path.exists(self.path):
             _create_private(self.path)
         conn = _open(self.path, self.synchronous)
+        _warn_if_shared(self.path)
         if not self._ready:
             with self._lock:
                 try:

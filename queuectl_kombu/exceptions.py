@@ -28,3 +28,7 @@ class InvalidTransition(QueuectlError):
 
 class DuplicateJob(QueuectlError):
     """A job with that id already exists."""
+
+
+class PayloadTooLarge(QueuectlError):
+    """The message is larger than queuectl accepts."""

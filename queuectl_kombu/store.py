@@ -13,7 +13,7 @@ from typing import Any
 
 from . import settings as settings_mod
 from .db import Database
-from .exceptions import DuplicateJob, InvalidTransition, JobNotFound
+from .exceptions import DuplicateJob, InvalidTransition, JobNotFound, PayloadTooLarge
 from .jobs import ClaimedJob, Job
 from .retry import RetryPolicy
 from .sql import QUERIES as Q
@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 #: How long a read of the config table is reused on the hot path (claims).
 SETTINGS_TTL = 1.0
+#: The largest message accepted, in bytes of its JSON form: a clear error instead of a file
+#: (and workers' memory) blown up by one message.
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,11 @@ class JobStore:
         ids: list[int] = []
         with self.db.write() as conn:
             for job in jobs:
+                if len(job.payload) > MAX_PAYLOAD_BYTES:
+                    raise PayloadTooLarge(
+                        f"message of {len(job.payload)} bytes for queue {job.queue!r} exceeds the limit "
+                        f"of {MAX_PAYLOAD_BYTES} bytes"
+                    )
                 if unique_task_ids and job.task_id is not None:
                     if conn.execute(Q["task_id_exists"], {"task_id": job.task_id}).fetchone():
                         raise DuplicateJob(f"a job with id {job.task_id!r} already exists")

@@ -131,3 +131,12 @@ def test_foreign_tables_are_refused(tmp_path: Path) -> None:
     sqlite3.connect(path).execute("CREATE TABLE users (name TEXT)").connection.commit()
     with pytest.raises(DatabaseUnusable, match="holds tables that are not queuectl's"):
         JobStore(str(path)).open()
+
+
+def test_group_writable_file_is_warned_about(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "q.db"
+    JobStore(str(path)).open()
+    path.chmod(0o664)
+    with caplog.at_level("WARNING", logger="queuectl_kombu.db"):
+        JobStore(str(path)).open()
+    assert "is writable by its group" in caplog.text

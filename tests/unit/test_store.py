@@ -244,3 +244,13 @@ def test_find_job_by_task_id_or_row_id(store: JobStore) -> None:
     assert store.find_job(str(a)).task_id == "job1"
     assert store.counts_by_queue()["q"][JobState.PENDING] == 1
     assert store.oldest_pending_created_at() is not None
+
+
+def test_oversized_message_is_refused_and_nothing_written(store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    from queuectl_kombu import store as store_module
+    from queuectl_kombu.exceptions import PayloadTooLarge
+
+    monkeypatch.setattr(store_module, "MAX_PAYLOAD_BYTES", 1000)
+    with pytest.raises(PayloadTooLarge, match="message of 2000 bytes for queue 'q' exceeds the limit of 1000 bytes"):
+        store.publish_many([NewJob(queue="q", payload="1"), NewJob(queue="q", payload="x" * 2000)])
+    assert store.list_jobs() == []
