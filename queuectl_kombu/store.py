@@ -187,20 +187,29 @@ class JobStore:
 
     def ack(self, job_id: int, owner: str, retention: float | None = None) -> bool:
         """Complete a processing job (delete it when retention is 0). False if the lease was lost."""
+        return not self.ack_many([job_id], owner, retention)
+
+    def ack_many(self, job_ids: Sequence[int], owner: str, retention: float | None = None) -> list[int]:
+        """Complete processing jobs in one transaction; returns the ids whose lease was lost."""
+        if not job_ids:
+            return []
         if retention is None:
             retention = self.settings()["retention"]
-        params = {"id": job_id, "owner": owner, "now": self.clock()}
+        statement = Q["delete_processing"] if retention <= 0 else Q["complete"]
+        now = self.clock()
+        lost: list[int] = []
         with self.db.write() as conn:
-            if retention <= 0:
-                changed = conn.execute(Q["delete_processing"], params).rowcount
-            else:
-                changed = conn.execute(Q["complete"], params).rowcount
+            for job_id in job_ids:
+                if not conn.execute(statement, {"id": job_id, "owner": owner, "now": now}).rowcount:
+                    lost.append(job_id)
         self._committed()
-        if not changed:
+        for job_id in lost:
             logger.warning("job %d: ack ignored, %s no longer holds its lease", job_id, owner)
-            return False
-        logger.info("job %d: completed", job_id)
-        return True
+        if logger.isEnabledFor(logging.INFO):
+            for job_id in job_ids:
+                if job_id not in lost:
+                    logger.info("job %d: completed", job_id)
+        return lost
 
     def requeue(self, job_id: int, owner: str) -> bool:
         """Put a processing job back to pending as it was (the attempt does not count)."""

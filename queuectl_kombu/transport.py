@@ -157,6 +157,7 @@ class Channel(virtual.Channel):
         self._empty_stamp: tuple[int, int] | None = None
         self.next_due = math.inf
         self._no_ack_queues: set[str] = set()
+        self._acks: list[int] = []
         self._topic = TopicExchange(self)
 
     # -- exchanges and bindings: kept in the database, shared by every process -----------------
@@ -399,9 +400,29 @@ class Channel(virtual.Channel):
         return list(self._active_queues)
 
     def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
-        """Complete the message's row (or delete it when retention is 0)."""
-        self.store.ack(_job_id(delivery_tag), self.transport.owner, self.retention)
+        """Complete the message's row (or delete it when retention is 0).
+
+        On the event loop's thread, acks are gathered and written in one transaction before the
+        loop next waits (its on_tick); elsewhere they are written at once.
+        """
+        job_id = _job_id(delivery_tag)
+        if self.transport.on_loop_thread():
+            self._acks.append(job_id)
+        else:
+            self.store.ack(job_id, self.transport.owner, self.retention)
         self.qos.ack(delivery_tag)
+
+    def flush_acks(self) -> None:
+        """Write the gathered acks."""
+        acks, self._acks = self._acks, []
+        if acks:
+            self.store.ack_many(acks, self.transport.owner, self.retention)
+
+    def close(self) -> None:
+        """Write pending acks, then close (unacked messages go back to pending)."""
+        if not self.closed:
+            self.flush_acks()
+        super().close()
 
     def basic_reject(self, delivery_tag: Any, requeue: bool = False) -> None:
         """Requeue the same row, or apply the retry policy (failed with backoff, or dead)."""
@@ -454,6 +475,7 @@ class Transport(virtual.Transport):
         #: Exclusive queues declared through this connection: deleted when it closes.
         self.exclusive_queues: set[str] = set()
         self._loop: Any = None
+        self._loop_thread: int | None = None
         self._timers: list[Any] = []
         self._due_timer: Any = None
         self._due_at = math.inf
@@ -491,6 +513,8 @@ class Transport(virtual.Transport):
         """Deliver when the WAL file changes (inotify) or a message comes due; no polling."""
         self.unregister_from_event_loop(connection, loop)
         self._loop = loop
+        self._loop_thread = threading.get_ident()
+        loop.on_tick.add(self.flush_acks)
         waiter = self.waiter
         if waiter.uses_inotify:
             loop.add_reader(waiter.fileno(), self.on_change)
@@ -510,7 +534,21 @@ class Transport(virtual.Transport):
         if self._due_timer is not None:
             self._due_timer.cancel()
             self._due_timer = None
+        self.flush_acks()
+        if self._loop is not None:
+            self._loop.on_tick.discard(self.flush_acks)
         self._loop = None
+        self._loop_thread = None
+
+    def on_loop_thread(self) -> bool:
+        """True when called on the thread that runs Celery's event loop for this transport."""
+        return self._loop is not None and self._loop_thread == threading.get_ident()
+
+    def flush_acks(self) -> None:
+        """Write the acks every channel gathered on the event loop (runs before each wait)."""
+        for channel in self.channels:
+            if channel._acks:
+                channel.flush_acks()
 
     def on_change(self) -> None:
         """The database may have changed (or a timer fired): deliver whatever is ready."""

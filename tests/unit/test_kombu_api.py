@@ -172,3 +172,31 @@ def test_waiter_wakes_on_a_commit(db_path: str) -> None:
     JobStore(db_path).set_config("retention", 5)
     assert waiter.wait(30) is True
     waiter.close()
+
+
+def test_event_loop_delivers_and_flushes_acks(url: str, db_path: str) -> None:
+    """On kombu's hub (Celery's event loop) messages arrive by the inotify descriptor and the acks
+    gathered during an iteration are written before the loop waits again."""
+    from kombu.asynchronous import Hub
+
+    hub = Hub()
+    received: list[int] = []
+    with Connection(url) as conn:
+        conn.connect()
+        conn.transport.register_with_event_loop(conn.connection, hub)
+        consumer = Consumer(conn, [Queue("loop")], callbacks=[lambda body, m: (received.append(body), m.ack())])
+        consumer.consume()
+        with Connection(url) as other:
+            q = other.SimpleQueue("loop")
+            for i in range(3):
+                q.put(i)
+            q.close()
+        store = JobStore(db_path)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and store.counts()[JobState.COMPLETED] < 3:
+            hub.run_once()
+        consumer.cancel()
+        conn.transport.unregister_from_event_loop(conn.connection, hub)
+    hub.close()
+    assert received == [0, 1, 2]
+    assert store.counts()[JobState.COMPLETED] == 3
