@@ -8,6 +8,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 from collections.abc import Iterator
 
 from . import sql
@@ -66,6 +67,24 @@ def _warn_if_shared(path: str) -> None:
             )
 
 
+def _enable_wal(conn: sqlite3.Connection, timeout: float = 30.0) -> str:
+    """Switch to WAL; retried, because the switch is refused at once ("database is locked") while
+    another connection opens a brand-new file, whatever the busy timeout."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+        if mode.lower() == "wal":
+            return mode
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
 def _open(path: str, synchronous: str) -> sqlite3.Connection:
     conn = sqlite3.connect(
         path, timeout=30.0, isolation_level=None, check_same_thread=False
@@ -73,7 +92,7 @@ def _open(path: str, synchronous: str) -> sqlite3.Connection:
     conn.row_factory = sqlite3.Row
     try:
         conn.execute("PRAGMA busy_timeout = 30000")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = _enable_wal(conn)
         if mode.lower() != "wal":
             raise DatabaseUnusable(f"cannot open database {path}: WAL mode refused ({mode})")
         conn.execute(f"PRAGMA synchronous = {synchronous}")

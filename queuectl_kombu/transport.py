@@ -256,7 +256,9 @@ class Channel(virtual.Channel):
     def _new_job(self, queue: str, message: dict[str, Any], payload: str) -> NewJob:
         headers = message.get("headers") or {}
         props = message.get("properties") or {}
-        expiration = props.get("expiration")
+        # A Celery task's `expires` also arrives as AMQP `expiration`: it is left to the worker,
+        # which records the task as REVOKED (as with Redis) instead of the message vanishing.
+        expiration = None if headers.get("task") else props.get("expiration")
         max_retries = headers.get(MAX_RETRIES_HEADER)
         return NewJob(
             queue=queue,

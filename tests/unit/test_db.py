@@ -140,3 +140,25 @@ def test_group_writable_file_is_warned_about(tmp_path: Path, caplog: pytest.LogC
     with caplog.at_level("WARNING", logger="queuectl_kombu.db"):
         JobStore(str(path)).open()
     assert "is writable by its group" in caplog.text
+
+
+def test_many_threads_opening_a_new_file_at_once(tmp_path: Path) -> None:
+    """The switch to WAL is refused at once while another connection creates the file: retried."""
+    import threading
+
+    path = str(tmp_path / "new.db")
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        try:
+            JobStore(path).publish(NewJob(queue="q", payload="{}"))
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert JobStore(path).queue_size("q") == 12
