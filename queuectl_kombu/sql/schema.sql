@@ -87,10 +87,12 @@ CREATE INDEX IF NOT EXISTS bindings_queue ON bindings (queue);
 -- Celery results (the result backend): Celery's keys (celery-task-meta-<id>, group and chord
 -- keys) to their encoded value, with an expiry time that the backend enforces itself: an expired
 -- row is never returned and is deleted by the next writes (no celery beat needed).
---   state    the Celery state of a task result (NULL for group and chord keys). A row whose state
---            is SUCCESS is final: a later state stored for the same task (a redelivered copy that
---            runs again, or fails) leaves it as it is, until it expires or is forgotten.
---   counter  chord counters (incr): header tasks that have returned, counted in one statement.
+--   state    the Celery state of a task result. A row whose state is SUCCESS is final: a later
+--            state stored for the same task (a redelivered copy that runs again, or fails) leaves
+--            it as it is, until it expires or is forgotten. A chord counter is 'done' once its body
+--            was sent; NULL for every other key.
+--   counter  chord counters: header tasks that have returned. Each part is counted once: a row
+--            keyed <counter key> || char(31) || <task id>:<header index> marks it counted.
 CREATE TABLE IF NOT EXISTS results (
     key          TEXT PRIMARY KEY,
     value        BLOB,

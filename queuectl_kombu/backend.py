@@ -1,0 +1,338 @@
+"""Celery result backend keeping results in a queuectl SQLite file (the broker's file by default).
+
+Features
+========
+* Every task state with result, traceback, date done, children; ``result_extended`` fields.
+* A SUCCESS stored first is kept: a redelivered copy of the task cannot overwrite it.
+* Groups (save, restore, delete); chords counted in the database (no ``celery.chord_unlock``).
+* ``AsyncResult.get()`` wakes when the result is committed (inotify on the -wal file), not on a
+  half-second poll; ``join_native`` reads a whole group in one statement.
+* Results expire after ``result_expires`` without ``celery beat``.
+
+Connection String
+=================
+
+.. code-block::
+
+    sqlite:///relative/path.db      relative to the working directory of each process
+    sqlite:////absolute/path.db
+    sqlite://                       the file of the sqlite:// broker
+
+The entry point ``sqlite`` (group ``celery.result_backends``) makes these URLs work with nothing
+imported.
+
+Transport Options
+=================
+
+Set through Celery's ``result_backend_transport_options``:
+
+* ``synchronous``: SQLite's ``synchronous`` pragma, ``NORMAL`` (default) or ``FULL``.
+* ``purge_interval``: seconds between deletions of expired results by a process's writes
+  (default 60; 0 purges on every write).
+* ``polling_interval``: how often a waiting ``get()`` looks at the file where inotify is not
+  available (default 0.01).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from celery import states
+from celery.backends.base import KeyValueStoreBackend
+from celery.exceptions import ImproperlyConfigured, TimeoutError
+from celery.result import result_from_tuple
+from kombu.utils.encoding import bytes_to_str
+
+from .results import ResultStore, Value, result_store
+
+logger = logging.getLogger(__name__)
+
+SCHEME = "sqlite://"
+
+#: Chord headers kept decoded per process (see SQLiteBackend._restore_group).
+GROUP_CACHE_SIZE = 16
+
+
+def path_from_url(url: str | None, broker_url: Any = None) -> str:
+    """The absolute database path named by a ``sqlite://`` result URL (no path: the broker's file)."""
+    rest = ""
+    if url:
+        if not url.startswith(SCHEME):
+            raise ImproperlyConfigured(f"not a sqlite:// result backend URL: {url!r}")
+        rest = url[len(SCHEME):]
+        if "?" in rest:
+            raise ImproperlyConfigured(
+                f"{url!r}: the sqlite:// result backend takes no query string; "
+                "use result_backend_transport_options"
+            )
+    path = rest[1:] if rest.startswith("/") else rest
+    if not path:
+        broker = broker_url.split(";")[0].strip() if isinstance(broker_url, str) else None
+        if not broker or not broker.startswith(SCHEME) or len(broker) <= len(SCHEME) + 1:
+            raise ImproperlyConfigured(
+                "result_backend sqlite:// names no file and the broker is not a sqlite:// file: "
+                "use sqlite:///relative.db or sqlite:////abs/path.db"
+            )
+        path = broker[len(SCHEME) + 1:].split("?")[0]
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def _is_locked(exc: BaseException | None) -> bool:
+    # Also through the cause: opening a new file while another connection turns it to WAL fails
+    # with DatabaseUnusable caused by 'database is locked'.
+    while exc is not None:
+        if isinstance(exc, sqlite3.OperationalError):
+            message = str(exc).lower()
+            if "locked" in message or "busy" in message:
+                return True
+        exc = exc.__cause__
+    return False
+
+
+class SQLiteBackend(KeyValueStoreBackend):
+    """Celery results in the ``results`` table of a queuectl SQLite file."""
+
+    supports_autoexpire = True
+    supports_native_join = True
+    supports_result_compression = True  # values are stored as they come: str or bytes
+    supports_failure_expires = True
+    implements_incr = True
+    persistent = True
+    key_t = bytes_to_str  # keys are TEXT in the results table
+
+    def __init__(self, app: Any, url: str | None = None, path: str | None = None, **kwargs: Any) -> None:
+        super().__init__(app, url=url, **kwargs)
+        conf = self.app.conf
+        options = dict(conf.get("result_backend_transport_options") or {})
+        self.path = os.path.abspath(os.path.expanduser(path)) if path else path_from_url(url, conf.broker_url)
+        if not url:
+            self.url = "sqlite:///" + self.path
+        self.synchronous = str(options.get("synchronous", "NORMAL")).upper()
+        self.purge_interval = float(options.get("purge_interval", 60.0))
+        self.polling_interval = float(options.get("polling_interval", 0.01))
+        failure_expires = conf.get("result_failure_expires")
+        self.failure_expires = (
+            self.expires if failure_expires is None else self.prepare_expires(failure_expires)
+        )
+        # 'database is locked' is transient on one host: always retry it (and nothing else,
+        # see exception_safe_to_retry) rather than failing the task whose result it is.
+        self.always_retry = True
+        self._store: ResultStore | None = None
+        self._chord_part = threading.local()
+        self._groups: dict[str, tuple[Value, dict[str, Any]]] = {}
+
+    @property
+    def store(self) -> ResultStore:
+        """The ResultStore of this backend's file, shared within the process."""
+        if self._store is None:
+            self._store = result_store(
+                self.path, self.synchronous,
+                purge_interval=self.purge_interval, poll_interval=self.polling_interval,
+            )
+        return self._store
+
+    def _retrying(self, fun: Callable[..., Any], *args: Any) -> Any:
+        return self._ensure_retryable(fun, *args)
+
+    def exception_safe_to_retry(self, exc: BaseException) -> bool:
+        """Only a locked or busy database is retried."""
+        return _is_locked(exc)
+
+    # -- the key/value verbs of KeyValueStoreBackend --------------------------------------------
+
+    def get(self, key: str | bytes) -> Value | None:
+        """The value of a live key, or None."""
+        return self._retrying(self.store.get, bytes_to_str(key))
+
+    def mget(self, keys: Iterable[str | bytes]) -> list[Value | None]:
+        """Values of `keys` in order, in one statement."""
+        return self._retrying(self.store.mget, [bytes_to_str(k) for k in keys])
+
+    def set(self, key: str | bytes, value: Value) -> None:
+        """Store a value for result_expires seconds."""
+        self._retrying(self.store.set, bytes_to_str(key), value, self.expires)
+
+    def _set_with_state(self, key: str | bytes, value: Value, state: str) -> None:
+        expires = self.failure_expires if state == states.FAILURE else self.expires
+        self._retrying(self.store.set, bytes_to_str(key), value, expires)
+
+    def delete(self, key: str | bytes) -> None:
+        """Delete a key; a chord counter is kept as finished instead (see on_chord_part_return)."""
+        key = bytes_to_str(key)
+        if key.startswith(bytes_to_str(self.chord_keyprefix)):
+            # Celery deletes the counter once the body is sent. Keeping it as 'done' for
+            # result_chord_expires means a late copy of a header task counts nothing.
+            self._retrying(self.store.finish_counter, key, self.chord_expires)
+        else:
+            self._retrying(self.store.delete, key)
+
+    def incr(self, key: str | bytes) -> int:
+        """Count one more chord part, atomically; within a chord part, each part counts once."""
+        member = getattr(self._chord_part, "member", None)
+        if member is None:
+            return self._retrying(self.store.incr, bytes_to_str(key), self.chord_expires)
+        return self._retrying(self.store.count_part, bytes_to_str(key), member, self.chord_expires)
+
+    def expire(self, key: str | bytes, value: float | None) -> None:
+        """Set a key's lifetime in seconds (0 or None: no expiry)."""
+        self._retrying(self.store.expire, bytes_to_str(key), value)
+
+    def _store_result(
+        self, task_id: str, result: Any, state: str, traceback: str | None = None,
+        request: Any = None, **kwargs: Any,
+    ) -> Any:
+        meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
+        meta["task_id"] = bytes_to_str(task_id)
+        expires = self.failure_expires if state == states.FAILURE else self.expires
+        # The SUCCESS check is in the statement itself, not a read before the write: two
+        # processes storing the same task at once cannot both win.
+        key = self.get_key_for_task(task_id)
+        stored = self._retrying(self.store.store_task_result, key, self.encode(meta), state, expires)
+        if not stored:
+            logger.info("task %s: kept the stored SUCCESS; %s not stored", task_id, state)
+        return result
+
+    # -- chords: KeyValueStoreBackend's counting on_chord_part_return ---------------------------
+
+    def _apply_chord_incr(self, header_result_args: Any, body: Any, **kwargs: Any) -> Any:
+        # A frozen chord applied again reuses its group id but is a new run: start a new count.
+        self._retrying(self.store.reset_counter, bytes_to_str(self.get_key_for_chord(header_result_args[0])))
+        return super()._apply_chord_incr(header_result_args, body, **kwargs)
+
+    def on_chord_part_return(self, request: Any, state: str, result: Any, **kwargs: Any) -> Any:
+        """Count this header part (incr) and fire the body at the chord size: no chord_unlock task.
+
+        Celery's KeyValueStoreBackend logic, with each part counted once: a header task run
+        again (redelivered after its worker died) is recognised by its task id and header
+        index, and neither counts twice nor fails a chord that is already finished.
+        """
+        member = None
+        if request.group and request.id:
+            member = f"{request.id}:{getattr(request, 'group_index', None)}"
+            key = bytes_to_str(self.get_key_for_chord(request.group))
+            if self._retrying(self.store.part_counted, key, member):
+                logger.info("chord %s: part %s was counted already; not counting it again",
+                            request.group, request.id)
+                return None
+        part = self._chord_part
+        part.active, part.member = True, member
+        try:
+            return super().on_chord_part_return(request, state, result, **kwargs)
+        finally:
+            part.active, part.member = False, None
+
+    def _restore_group(self, group_id: str) -> dict[str, Any] | None:
+        # Every part of a chord restores the whole header group only to see that it still
+        # exists; building 1,000 AsyncResults per part made a 1,000-task chord quadratic. During
+        # a chord part the stored value is still read every time (so expiry and deletion are
+        # seen at once), but it is decoded once per process while it stays the same.
+        if not getattr(self._chord_part, "active", False):
+            return super()._restore_group(group_id)
+        key = bytes_to_str(self.get_key_for_group(group_id))
+        raw = self.get(key)
+        if not raw:
+            return None
+        cached = self._groups.get(key)
+        if cached is not None and cached[0] == raw:
+            return cached[1]
+        meta = self.decode(raw)
+        meta["result"] = result_from_tuple(meta["result"], self.app)
+        self._groups.pop(key, None)
+        self._groups[key] = (raw, meta)
+        while len(self._groups) > GROUP_CACHE_SIZE:
+            self._groups.pop(next(iter(self._groups)), None)
+        return meta
+
+    def _delete_group(self, group_id: str) -> None:
+        self._groups.pop(bytes_to_str(self.get_key_for_group(group_id)), None)
+        super()._delete_group(group_id)
+
+    def is_cached(self, task_id: str) -> bool:
+        """Every stored state is one read away.
+
+        Celery asks this only to name the culprit of a failed chord (``_failed_join_report``);
+        with Celery's default ``result_cache_max = -1`` the answer would always be no, and the
+        body's ChordError would lose the "Dependency <id> raised ..." that Redis gives it.
+        """
+        return True
+
+    def cleanup(self) -> None:
+        """Delete every expired result now (writes also do it every purge_interval seconds)."""
+        self._retrying(self.store.purge_expired)
+
+    # -- waiting: on database change, never on a fixed interval ------------------------------
+
+    def wait_for(
+        self, task_id: str, timeout: float | None = None, interval: float = 0.5, no_ack: bool = True,
+        on_interval: Callable[[], Any] | None = None,
+    ) -> dict[str, Any]:
+        """Wait for the task's result; wakes when the database changes (`interval` is not used)."""
+        self._ensure_not_eager()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            stamp = self.store.change_stamp()
+            meta = self.get_task_meta(task_id)
+            if meta["status"] in states.READY_STATES:
+                return meta
+            if on_interval:
+                on_interval()
+            self._wait_change(stamp, deadline, "The operation timed out.")
+
+    def get_many(
+        self, task_ids: Iterable[str], timeout: float | None = None, interval: float = 0.5,
+        no_ack: bool = True, on_message: Callable[[Any], Any] | None = None,
+        on_interval: Callable[[], Any] | None = None, max_iterations: int | None = None,
+        READY_STATES: frozenset[str] = states.READY_STATES,
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield (task_id, meta) as results become ready; wakes when the database changes."""
+        ids = set(task_ids)
+        for task_id in list(ids):
+            cached = self._cache.get(task_id)
+            if cached is not None and cached["status"] in READY_STATES:
+                ids.discard(task_id)
+                yield bytes_to_str(task_id), cached
+        deadline = None if timeout is None else time.monotonic() + timeout
+        iterations = 0
+        while ids:
+            stamp = self.store.change_stamp()
+            keys = list(ids)
+            ready = self._mget_to_results(
+                self.mget([self.get_key_for_task(k) for k in keys]), keys, READY_STATES
+            )
+            self._cache.update(ready)
+            ids.difference_update({bytes_to_str(k) for k in ready})
+            for key, value in ready.items():
+                if on_message is not None:
+                    on_message(value)
+                yield bytes_to_str(key), value
+            if not ids:
+                break
+            if on_interval:
+                on_interval()
+            iterations += 1
+            if max_iterations and iterations >= max_iterations:
+                break  # a bounded look (ResultSet._iter_meta): do not wait after the last read
+            self._wait_change(stamp, deadline, f"Operation timed out ({timeout})")
+
+    def _wait_change(self, stamp: int, deadline: float | None, message: str) -> None:
+        if deadline is None:
+            self.store.wait_for_change(stamp)
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(message)
+        self.store.wait_for_change(stamp, remaining)  # then one more read, even at the deadline
+
+    def as_uri(self, include_password: bool = False) -> str:
+        """The URL of the file in use (``sqlite:////abs/path.db``), even when given as ``sqlite://``."""
+        return "sqlite:///" + self.path
+
+    def __reduce__(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = dict(kwargs or {}, url=self.url, path=self.path)
+        return super().__reduce__(args, kwargs)

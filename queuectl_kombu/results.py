@@ -1,0 +1,272 @@
+"""ResultStore: Celery's result keys in a queuectl database; one method per verb, opaque values."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from .db import Database
+from .notify import ChangeWaiter
+from .sql import QUERIES as Q
+
+logger = logging.getLogger(__name__)
+
+#: A stored value comes back as it went in: str (JSON, YAML) or bytes (pickle, msgpack, compressed).
+Value = str | bytes
+
+#: Longest a waiter sleeps before it looks at the database again even if no wake-up came.
+MAX_WAIT = 1.0
+#: After a wake-up that shows no commit yet, look again this soon: the -wal file is written a
+#: moment before the commit becomes visible to other connections.
+SETTLE = 0.002
+#: Expired rows deleted per transaction, so a purge never holds the write lock for long.
+PURGE_BATCH = 1000
+
+_stores: dict[tuple[str, str], ResultStore] = {}
+_stores_lock = threading.Lock()
+
+
+def _expires_at(now: float, expires: float | None) -> float | None:
+    return now + float(expires) if expires and expires > 0 else None
+
+
+def _part_key(key: str, member: str) -> str:
+    # Sorts right after `key`, so result_delete_parts finds a counter's marks by range.
+    return f"{key}\x1f{member}"
+
+
+class ResultStore:
+    """Keys to values with expiry times and counters, in the results table of one file."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        synchronous: str = "NORMAL",
+        clock: Callable[[], float] = time.time,
+        purge_interval: float = 60.0,
+        poll_interval: float = 0.01,
+    ) -> None:
+        self.db = Database(path, synchronous=synchronous)
+        self.path = self.db.path
+        self.clock = clock
+        #: Seconds between purges of expired rows by this process's writes (0: every write).
+        self.purge_interval = purge_interval
+        #: How often a waiter looks at the file where inotify is not available.
+        self.poll_interval = poll_interval
+        self._next_purge = 0.0
+        self._waiters = threading.local()
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open this thread's connection now: checks the path and creates the schema."""
+        self.db.connection()
+
+    def close(self) -> None:
+        """Close this thread's connection and its change waiter."""
+        waiter = getattr(self._waiters, "waiter", None)
+        if waiter is not None and getattr(self._waiters, "pid", None) == os.getpid():
+            waiter.close()
+        self._waiters = threading.local()
+        self.db.close()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def get(self, key: str) -> Value | None:
+        """The value of a live key, or None."""
+        row = self.db.connection().execute(Q["result_get"], {"key": key, "now": self.clock()}).fetchone()
+        return None if row is None else row[0]
+
+    def mget(self, keys: Sequence[str]) -> list[Value | None]:
+        """The values of `keys` in the same order (None where a key is missing or expired)."""
+        if not keys:
+            return []
+        rows = self.db.connection().execute(
+            Q["result_mget"], {"keys": json.dumps(list(keys)), "now": self.clock()}
+        )
+        found = {row[0]: row[1] for row in rows}
+        return [found.get(key) for key in keys]
+
+    def count(self) -> int:
+        """Rows in the results table, expired ones included."""
+        return int(self.db.connection().execute(Q["result_count"]).fetchone()[0])
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def set(self, key: str, value: Value, expires: float | None = None) -> None:
+        """Store a value that lives `expires` seconds (None or 0: until deleted)."""
+        now = self.clock()
+        params = {"key": key, "value": value, "expires_at": _expires_at(now, expires), "now": now}
+        with self.db.write() as conn:
+            conn.execute(Q["result_set"], params)
+            self._purge_now_and_then(conn, now)
+
+    def store_task_result(self, key: str, value: Value, state: str, expires: float | None = None) -> bool:
+        """Store a task's state and meta; False (nothing stored) when the key already holds a SUCCESS."""
+        now = self.clock()
+        params = {
+            "key": key, "value": value, "state": state, "expires_at": _expires_at(now, expires), "now": now,
+        }
+        with self.db.write() as conn:
+            stored = conn.execute(Q["result_store_task"], params).rowcount > 0
+            self._purge_now_and_then(conn, now)
+        return stored
+
+    def delete(self, key: str) -> None:
+        """Forget a key (nothing happens if it is missing)."""
+        with self.db.write() as conn:
+            conn.execute(Q["result_delete"], {"key": key})
+
+    def incr(self, key: str, expires: float | None = None) -> int:
+        """Add one to a counter and return it; a new counter lives `expires` seconds."""
+        now = self.clock()
+        params = {"key": key, "expires_at": _expires_at(now, expires), "now": now}
+        with self.db.write() as conn:
+            counter = int(conn.execute(Q["result_incr"], params).fetchone()[0])
+        return counter
+
+    def count_part(self, key: str, member: str, expires: float | None = None) -> int:
+        """Count `member` toward counter `key` once: the new count, or 0 if counted before or finished."""
+        now = self.clock()
+        expires_at = _expires_at(now, expires)
+        with self.db.write() as conn:
+            if conn.execute(Q["result_counter_done"], {"key": key, "now": now}).fetchone():
+                return 0
+            mark = {"part_key": _part_key(key, member), "expires_at": expires_at, "now": now}
+            if not conn.execute(Q["result_mark_part"], mark).rowcount:
+                return 0
+            params = {"key": key, "expires_at": expires_at, "now": now}
+            counter = int(conn.execute(Q["result_incr"], params).fetchone()[0])
+        return counter
+
+    def part_counted(self, key: str, member: str) -> bool:
+        """Whether `member` was counted toward `key` already, or the counter is finished."""
+        row = self.db.connection().execute(
+            Q["result_part_counted"], {"key": key, "part_key": _part_key(key, member), "now": self.clock()}
+        ).fetchone()
+        return row is not None
+
+    def finish_counter(self, key: str, expires: float | None = None) -> None:
+        """Mark a counter finished for `expires` seconds (it counts nothing more) and drop its part marks."""
+        now = self.clock()
+        params = {"key": key, "expires_at": _expires_at(now, expires), "now": now}
+        with self.db.write() as conn:
+            conn.execute(Q["result_finish_counter"], params)
+            conn.execute(Q["result_delete_parts"], {"key": key})
+
+    def reset_counter(self, key: str) -> None:
+        """Forget a counter, finished or not, and its part marks."""
+        with self.db.write() as conn:
+            conn.execute(Q["result_delete"], {"key": key})
+            conn.execute(Q["result_delete_parts"], {"key": key})
+
+    def expire(self, key: str, expires: float | None) -> bool:
+        """Make a live key expire `expires` seconds from now (None or 0: never); False if it is gone."""
+        now = self.clock()
+        params = {"key": key, "expires_at": _expires_at(now, expires), "now": now}
+        with self.db.write() as conn:
+            changed = conn.execute(Q["result_expire"], params).rowcount
+        return changed > 0
+
+    def purge_expired(self) -> int:
+        """Delete every expired row, in short transactions; returns how many."""
+        total = 0
+        while True:
+            with self.db.write() as conn:
+                params = {"now": self.clock(), "limit": PURGE_BATCH}
+                n = conn.execute(Q["result_purge_expired"], params).rowcount
+            total += n
+            if n < PURGE_BATCH:
+                break
+        self._next_purge = self.clock() + self.purge_interval
+        if total:
+            logger.info("deleted %d expired results from %s", total, self.path)
+        return total
+
+    def _purge_now_and_then(self, conn: sqlite3.Connection, now: float) -> None:
+        # Within the caller's transaction: one commit, and a bounded batch keeps it short.
+        if now < self._next_purge:
+            return
+        self._next_purge = now + self.purge_interval
+        n = conn.execute(Q["result_purge_expired"], {"now": now, "limit": PURGE_BATCH}).rowcount
+        if n:
+            logger.info("deleted %d expired results from %s", n, self.path)
+
+    # -- waiting ------------------------------------------------------------------------------
+
+    def change_stamp(self) -> int:
+        """A value that changes whenever another connection, in any process, commits to the file."""
+        return self.db.data_version()
+
+    def wait_for_change(self, stamp: int, timeout: float | None = None) -> bool:
+        """Block until someone commits after `stamp` was taken; False when `timeout` seconds pass first.
+
+        Wakes on the inotify event of the commit (no polling interval), then confirms it with
+        PRAGMA data_version; spurious wake-ups are absorbed here.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waiter = self._waiter()
+        settle = False
+        while True:
+            if self.db.data_version() != stamp:
+                return True
+            wait = SETTLE if settle else MAX_WAIT
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                wait = min(wait, remaining)
+            settle = waiter.wait(wait)
+
+    def _waiter(self) -> ChangeWaiter:
+        # One inotify descriptor per thread (a drain by one thread would steal another's wake-up),
+        # made again after fork: an inherited descriptor shares its event queue with the parent.
+        local = self._waiters
+        waiter = getattr(local, "waiter", None)
+        if waiter is None or local.pid != os.getpid():
+            if waiter is not None:
+                _close_inherited(waiter)
+            self.db.connection()  # the -wal file exists while a connection is open: watch it
+            waiter = local.waiter = ChangeWaiter(self.path, poll_interval=self.poll_interval)
+            local.pid = os.getpid()
+        return waiter
+
+
+def _close_inherited(waiter: ChangeWaiter) -> None:
+    fd = waiter.fileno()
+    if fd >= 0:
+        try:
+            os.close(fd)  # this process's copy only; the parent's descriptor stays open
+        except OSError:
+            pass
+
+
+def result_store(
+    path: str, synchronous: str = "NORMAL", *, purge_interval: float = 60.0, poll_interval: float = 0.01
+) -> ResultStore:
+    """The ResultStore of `path` shared by every backend of this process (created on first use)."""
+    key = (os.path.abspath(os.path.expanduser(path)), synchronous.upper())
+    with _stores_lock:
+        store = _stores.get(key)
+        if store is None:
+            store = _stores[key] = ResultStore(
+                key[0], synchronous=key[1], purge_interval=purge_interval, poll_interval=poll_interval
+            )
+        else:
+            store.purge_interval = min(store.purge_interval, purge_interval)
+        return store
+
+
+def _reset_after_fork() -> None:
+    global _stores_lock
+    _stores_lock = threading.Lock()  # a thread of the parent may have held it at fork time
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)

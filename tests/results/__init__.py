@@ -1,0 +1,1 @@
+"""Result backend tests: the ResultStore, SQLiteBackend in process, and real workers."""
