@@ -18,6 +18,27 @@ logger = logging.getLogger(__name__)
 
 MIN_SQLITE = (3, 35, 0)  # UPDATE ... RETURNING
 
+#: Held around every write transaction and checkpoint of this process, and taken by fork():
+#: SQLite keeps its lock state per process, so a child forked while another thread of the parent
+#: is inside a transaction would believe that lock held forever ("database is locked").
+_write_lock = threading.RLock()
+
+
+def _before_fork() -> None:
+    _write_lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _write_lock.release()
+
+
+def _after_fork_in_child() -> None:
+    global _write_lock
+    _write_lock = threading.RLock()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
+
 #: Connections inherited through fork(). Closing one in the child could checkpoint or delete the
 #: parent's WAL, so they are kept referenced here and never touched again.
 _abandoned: list[sqlite3.Connection] = []
@@ -190,14 +211,15 @@ class Database:
     def write(self) -> Iterator[sqlite3.Connection]:
         """A short write transaction: BEGIN IMMEDIATE, COMMIT, or ROLLBACK on error."""
         conn = self.connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with _write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def data_version(self) -> int:
         """Changes whenever another connection, in any process, commits to the file."""
@@ -205,7 +227,9 @@ class Database:
 
     def checkpoint(self) -> tuple[int, int, int]:
         """Run a passive WAL checkpoint; returns (busy, wal pages, checkpointed pages)."""
-        row = self.connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        conn = self.connection()
+        with _write_lock:
+            row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         return (row[0], row[1], row[2])
 
     def close(self) -> None:

@@ -349,8 +349,12 @@ class Channel(virtual.Channel):
         return self.Message(self._deliverable(taken[0]), channel=self) if taken else None
 
     def drain_events(self, timeout: float | None = None, callback: Any = None) -> int:
-        """Claim as many messages as the prefetch window allows, in one transaction."""
-        callback = callback or self.connection._deliver
+        """Deliver one message (kombu's contract for ``Connection.drain_events``)."""
+        return self.deliver(callback or self.connection._deliver, 1)
+
+    def deliver(self, callback: Any, most: int) -> int:
+        """Claim up to `most` messages (no more than the prefetch window) in one transaction and
+        hand them to `callback`; raises Empty when there are none."""
         if not self._consumers:
             raise Empty()
         stamp = self.store.change_stamp()
@@ -358,12 +362,12 @@ class Channel(virtual.Channel):
             raise Empty()  # nothing was committed and nothing came due since the last empty claim
         acked = [q for q in self._active_queues if q not in self._no_ack_queues]
         unacked = [q for q in self._active_queues if q in self._no_ack_queues]
-        claimed = self.store.take(unacked, self.prefetch_batch) if unacked else []
+        claimed = self.store.take(unacked, most) if unacked else []
         room = self.qos.can_consume_max_estimate()
-        limit = self.prefetch_batch if room is None else min(room, self.prefetch_batch)
+        limit = min(most - len(claimed), self.prefetch_batch if room is None else room)
         if acked and limit > 0:
             claimed += self._claim(acked, limit)
-        elif acked and not claimed:
+        elif acked and not claimed and room == 0:
             raise Empty()  # the prefetch window is full: an ack will wake us
         if not claimed:
             self._empty_stamp = stamp
@@ -558,7 +562,7 @@ class Transport(virtual.Transport):
             self._waiter.drain()
         for channel in list(self.channels):
             try:
-                channel.drain_events(callback=self._deliver)
+                channel.deliver(self._deliver, channel.prefetch_batch)
             except Empty:
                 pass
         self._schedule_due()

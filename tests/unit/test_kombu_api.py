@@ -200,3 +200,18 @@ def test_event_loop_delivers_and_flushes_acks(url: str, db_path: str) -> None:
     hub.close()
     assert received == [0, 1, 2]
     assert store.counts()[JobState.COMPLETED] == 3
+
+
+def test_drain_events_delivers_one_message_per_call(url: str) -> None:
+    """kombu's contract: one event per drain_events call (pidbox counts replies that way)."""
+    received: list[str] = []
+    with Connection(url) as conn:
+        q = conn.SimpleQueue("one")
+        q.put("a")
+        q.put("b")
+        with Consumer(conn, [Queue("one")], no_ack=True, callbacks=[lambda body, m: received.append(body)]):
+            conn.drain_events(timeout=5)
+            assert received == ["a"]
+            conn.drain_events(timeout=5)
+            assert received == ["a", "b"]
+        q.close()
