@@ -23,6 +23,10 @@ logger = logging.getLogger(__name__)
 
 #: How long a read of the config table is reused on the hot path (claims).
 SETTINGS_TTL = 1.0
+#: A consumer that has not refreshed its rows for this long is gone (killed): its auto-delete and
+#: exclusive queues are deleted. Live consumers refresh every CONSUMER_HEARTBEAT seconds.
+CONSUMER_TIMEOUT = 10.0
+CONSUMER_HEARTBEAT = 2.0
 #: The largest message accepted, in bytes of its JSON form: a clear error instead of a file
 #: (and workers' memory) blown up by one message.
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
@@ -395,29 +399,70 @@ class JobStore:
     def _delete_queue(conn: Any, queue: str) -> int:
         n = conn.execute(Q["delete_queue_jobs"], {"name": queue}).rowcount
         conn.execute(Q["delete_queue_bindings"], {"name": queue})
+        conn.execute(Q["delete_queue_consumers"], {"name": queue})
         conn.execute(Q["delete_queue"], {"name": queue})
         return int(n)
 
-    def expire(self) -> tuple[list[str], int]:
-        """Delete queues unused past their x-expires and messages past their TTL."""
+    def add_consumer(self, queue: str, owner: str) -> None:
+        """Record that `owner` consumes `queue`."""
+        with self.db.write() as conn:
+            conn.execute(Q["add_consumer"], {"queue": queue, "owner": owner, "now": self.clock()})
+        self._committed()
+
+    def remove_consumer(self, queue: str, owner: str) -> bool:
+        """`owner` stops consuming `queue`; an auto-delete queue left without live consumers is
+        deleted with its messages. Returns True when the queue was deleted."""
         now = self.clock()
+        with self.db.write() as conn:
+            conn.execute(Q["remove_consumer"], {"queue": queue, "owner": owner})
+            info = conn.execute(Q["get_queue"], {"name": queue}).fetchone()
+            live = conn.execute(Q["live_consumers"], {"queue": queue, "cutoff": now - CONSUMER_TIMEOUT}).fetchone()[0]
+            deleted = bool(info is not None and info["auto_delete"] and not live)
+            if deleted:
+                self._delete_queue(conn, queue)
+        self._committed()
+        if deleted:
+            logger.info("queue %s deleted with its last consumer (auto-delete)", queue)
+        return deleted
+
+    def remove_owner(self, owner: str) -> None:
+        """Forget every consumer row of a closing connection."""
+        with self.db.write() as conn:
+            conn.execute(Q["remove_owner"], {"owner": owner})
+        self._committed()
+
+    def heartbeat(self, owner: str) -> None:
+        """A live connection refreshes its consumer rows."""
+        with self.db.write() as conn:
+            conn.execute(Q["heartbeat_consumers"], {"owner": owner, "now": self.clock()})
+
+    def expire(self) -> tuple[list[str], int]:
+        """Delete queues unused past their x-expires, auto-delete and exclusive queues whose
+        consumers are all gone, and messages past their TTL."""
+        now = self.clock()
+        params = {"now": now, "cutoff": now - CONSUMER_TIMEOUT}
         conn = self.db.connection()
-        queues = [r[0] for r in conn.execute(Q["expired_queues"], {"now": now})]
-        stale = conn.execute(Q["has_expired_messages"], {"now": now}).fetchone() is not None
-        if not queues and not stale:
+        queues = [r[0] for r in conn.execute(Q["expired_queues"], params)]
+        orphans = [r[0] for r in conn.execute(Q["orphaned_queues"], params)]
+        stale = conn.execute(Q["has_expired_messages"], params).fetchone() is not None
+        if not queues and not orphans and not stale:
             return [], 0
         with self.db.write() as conn:
-            # Check again inside the transaction: a consumer may have touched the queue since.
-            queues = [r[0] for r in conn.execute(Q["expired_queues"], {"now": now})]
-            for queue in queues:
+            # Look again inside the transaction: a consumer may have come back since.
+            queues = [r[0] for r in conn.execute(Q["expired_queues"], params)]
+            orphans = [r[0] for r in conn.execute(Q["orphaned_queues"], params) if r[0] not in queues]
+            for queue in queues + orphans:
                 self._delete_queue(conn, queue)
-            n = conn.execute(Q["delete_expired_messages"], {"now": now}).rowcount
+            conn.execute(Q["delete_stale_consumers"], params)
+            n = conn.execute(Q["delete_expired_messages"], params).rowcount
         self._committed()
         for queue in queues:
             logger.info("queue %s expired (unused past its x-expires) and was deleted", queue)
+        for queue in orphans:
+            logger.warning("queue %s deleted: its consumers are gone (auto-delete or exclusive)", queue)
         if n:
             logger.info("%d messages expired (message TTL) and were deleted", n)
-        return queues, n
+        return queues + orphans, n
 
     def declare_exchange(
         self, name: str, type: str, *, durable: bool = True, auto_delete: bool = False,

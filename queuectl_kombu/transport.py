@@ -66,7 +66,7 @@ from kombu.utils.json import dumps, loads
 from . import signals  # noqa: F401  (records task errors on their rows)
 from .exceptions import DatabaseUnusable
 from .notify import ChangeWaiter
-from .store import JobStore, NewJob
+from .store import CONSUMER_HEARTBEAT, JobStore, NewJob
 
 logger = logging.getLogger(__name__)
 
@@ -386,19 +386,18 @@ class Channel(virtual.Channel):
         if no_ack:
             self._no_ack_queues.add(queue)
         result = super().basic_consume(queue, no_ack, *args, **kwargs)
+        self.store.add_consumer(queue, self.transport.owner)
         self.store.touch_queues([queue])
         self.transport.keeper_start()
         return result
 
     def basic_cancel(self, consumer_tag: str) -> Any:
-        """Stop consuming; an auto-delete queue is deleted with its last consumer."""
+        """Stop consuming; an auto-delete queue is deleted with its last consumer (any process)."""
         queue = self._tag_to_queue.get(consumer_tag)
         result = super().basic_cancel(consumer_tag)
         if queue is not None and queue not in self._active_queues:
             self._no_ack_queues.discard(queue)
-            info = self.store.queue_info(queue)
-            if info is not None and info["auto_delete"]:
-                self.store.delete_queue(queue)
+            self.store.remove_consumer(queue, self.transport.owner)
         return result
 
     def consumed_queues(self) -> list[str]:
@@ -590,11 +589,13 @@ class Transport(virtual.Transport):
         finally:
             if self._loop is not None:
                 self.unregister_from_event_loop(connection, self._loop)
-            for queue in list(self.exclusive_queues):
-                try:
+            try:
+                for queue in list(self.exclusive_queues):
                     self.store.delete_queue(queue)
-                except (sqlite3.Error, DatabaseUnusable) as exc:
-                    logger.warning("could not delete exclusive queue %s: %s", queue, exc)
+                if self._owner is not None and self._owner_pid == os.getpid():
+                    self.store.remove_owner(self._owner)
+            except (sqlite3.Error, DatabaseUnusable) as exc:
+                logger.warning("could not clean up after the connection: %s", exc)
             self.exclusive_queues.clear()
             if self._keeper is not None:
                 self._keeper.stop()
@@ -668,7 +669,7 @@ class LeaseKeeper(threading.Thread):
         self._stop_event.set()
 
     def run(self) -> None:
-        last_renew = last_prune = last_checkpoint = last_touch = time.monotonic()
+        last_renew = last_prune = last_checkpoint = last_touch = last_heartbeat = time.monotonic()
         while not self._stop_event.is_set():
             try:
                 lease = self.transport.lease_seconds()
@@ -679,6 +680,9 @@ class LeaseKeeper(threading.Thread):
                 if now - last_renew >= lease / 3:
                     self.store.renew_leases(self.transport.owner, lease)
                     last_renew = now
+                if now - last_heartbeat >= CONSUMER_HEARTBEAT:
+                    self.store.heartbeat(self.transport.owner)
+                    last_heartbeat = now
                 self.store.recover_expired_leases()
                 if now - last_touch >= self.TOUCH_EVERY:
                     self.store.touch_queues(self.transport.consumed_queues())

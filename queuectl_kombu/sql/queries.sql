@@ -131,7 +131,10 @@ WHERE expires IS NOT NULL AND last_used_at < :now - expires / 3
   AND name IN (SELECT value FROM json_each(:names))
 
 -- name: expired_queues
-SELECT name FROM queues WHERE expires IS NOT NULL AND last_used_at + expires <= :now
+-- Unused past x-expires; a queue somebody consumes is in use whatever its last_used_at says.
+SELECT name FROM queues q
+WHERE expires IS NOT NULL AND last_used_at + expires <= :now
+  AND NOT EXISTS (SELECT 1 FROM consumers c WHERE c.queue = q.name AND c.last_seen >= :cutoff)
 
 -- name: delete_queue
 DELETE FROM queues WHERE name = :name
@@ -141,6 +144,35 @@ DELETE FROM jobs WHERE queue = :name AND state IN ('pending', 'failed')
 
 -- name: delete_queue_bindings
 DELETE FROM bindings WHERE queue = :name
+
+-- name: add_consumer
+INSERT INTO consumers (queue, owner, last_seen) VALUES (:queue, :owner, :now)
+ON CONFLICT (queue, owner) DO UPDATE SET last_seen = excluded.last_seen
+
+-- name: remove_consumer
+DELETE FROM consumers WHERE queue = :queue AND owner = :owner
+
+-- name: live_consumers
+SELECT COUNT(*) FROM consumers WHERE queue = :queue AND last_seen >= :cutoff
+
+-- name: remove_owner
+DELETE FROM consumers WHERE owner = :owner
+
+-- name: heartbeat_consumers
+UPDATE consumers SET last_seen = :now WHERE owner = :owner
+
+-- name: orphaned_queues
+-- Auto-delete and exclusive queues that had consumers, none of them alive any more.
+SELECT q.name FROM queues q
+WHERE (q.auto_delete = 1 OR q.exclusive = 1)
+  AND EXISTS (SELECT 1 FROM consumers c WHERE c.queue = q.name)
+  AND NOT EXISTS (SELECT 1 FROM consumers c WHERE c.queue = q.name AND c.last_seen >= :cutoff)
+
+-- name: delete_stale_consumers
+DELETE FROM consumers WHERE last_seen < :cutoff
+
+-- name: delete_queue_consumers
+DELETE FROM consumers WHERE queue = :name
 
 -- name: has_expired_messages
 SELECT 1 FROM jobs WHERE expires_at <= :now AND state IN ('pending', 'failed') LIMIT 1

@@ -67,6 +67,17 @@ CREATE TABLE IF NOT EXISTS queues (
 );
 CREATE INDEX IF NOT EXISTS queues_expiring ON queues (last_used_at) WHERE expires IS NOT NULL;
 
+-- Who consumes which queue: each consuming connection refreshes its rows every few seconds, so an
+-- auto-delete queue goes with its last consumer (cancelled, or killed and silent past the timeout)
+-- and an exclusive queue with its owner.
+CREATE TABLE IF NOT EXISTS consumers (
+    queue      TEXT NOT NULL,
+    owner      TEXT NOT NULL,
+    last_seen  REAL NOT NULL,
+    PRIMARY KEY (queue, owner)
+);
+CREATE INDEX IF NOT EXISTS consumers_owner ON consumers (owner);
+
 CREATE TABLE IF NOT EXISTS exchanges (
     name         TEXT PRIMARY KEY,
     type         TEXT NOT NULL CHECK (type IN ('direct', 'topic', 'fanout')),

@@ -308,11 +308,6 @@ def test_exclusive_queue_goes_when_its_connection_closes(env: Env) -> None:
         assert missing(conn, "mine")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an auto-delete queue is deleted when one consumer cancels although another process "
-    "still consumes it (AMQP: only when the last consumer goes); later messages are dropped",
-)
 def test_auto_delete_queue_stays_while_another_process_consumes_it(env: Env) -> None:
     code = textwrap.dedent(f"""
         import socket, time, queuectl_kombu
@@ -340,11 +335,6 @@ def test_auto_delete_queue_stays_while_another_process_consumes_it(env: Env) -> 
     wait_for(lambda: "got ['for-the-other']" in other.output(), 30, what="the other consumer to get it")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the auto-delete (and exclusive) queues of a SIGKILLed consumer are never deleted "
-    "without x-expires; a Broadcast queue of a killed worker keeps collecting every broadcast",
-)
 def test_auto_delete_queue_of_a_killed_consumer_goes_away(env: Env) -> None:
     code = textwrap.dedent(f"""
         import time, queuectl_kombu
@@ -360,8 +350,9 @@ def test_auto_delete_queue_of_a_killed_consumer_goes_away(env: Env) -> None:
     with Connection(env.url) as conn:
         with Consumer(conn, [Queue("keeper-runs-here")], callbacks=[]):  # some live keeper
             Producer(conn).publish("x", exchange="bc", routing_key="")
-            # AMQP brokers delete it as the connection drops; allow the transport 5 s.
-            wait_for(lambda: not env.sql("SELECT 1 FROM queues WHERE name = 'bc.victim'"), 5, 0.2,
+            # AMQP brokers delete it as the connection drops; here it goes once the dead consumer
+            # has been silent for CONSUMER_TIMEOUT (10 s) and a live keeper sweeps (every second).
+            wait_for(lambda: not env.sql("SELECT 1 FROM queues WHERE name = 'bc.victim'"), 25, 0.2,
                      "the dead consumer's auto-delete queue to go")
 
 
