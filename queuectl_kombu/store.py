@@ -559,15 +559,19 @@ class JobStore:
         return result
 
     def list_jobs(
-        self, state: JobState | str | None = None, queue: str | None = None, limit: int | None = None
+        self, state: JobState | str | None = None, queue: str | None = None, limit: int | None = None,
+        *, jobs_only: bool = False,
     ) -> list[Job]:
-        """Jobs in id order, optionally of one state and one queue."""
+        """Jobs in id order, optionally of one state and one queue; `jobs_only` leaves out the
+        messages of Celery's remote control and events."""
         params = {
             "state": JobState(state).value if state is not None else None,
             "queue": queue,
             "limit": -1 if limit is None else limit,
+            "jobs_only": int(jobs_only),
         }
-        return [Job.from_row(r) for r in self.db.connection().execute(Q["list_jobs"], params)]
+        statement = Q["list_jobs"] if state is None else Q["list_jobs_in_state"]
+        return [Job.from_row(r) for r in self.db.connection().execute(statement, params)]
 
     def counts_by_queue(self) -> dict[str, dict[JobState, int]]:
         """Jobs per queue and state (every state present in each queue, zero included)."""
@@ -577,7 +581,7 @@ class JobStore:
         return result
 
     def oldest_pending_created_at(self) -> float | None:
-        """When the oldest pending job was created, or None."""
+        """When the oldest pending job (not a control message) was created, or None."""
         row = self.db.connection().execute(Q["oldest_waiting"]).fetchone()
         return None if row[0] is None else float(row[0])
 

@@ -219,8 +219,17 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value
 SELECT state, COUNT(*) FROM jobs GROUP BY state
 
 -- name: list_jobs
+-- :jobs_only leaves out the queues of Celery's remote control (*.pidbox) and events (celeryev.*).
 SELECT * FROM jobs
-WHERE (:state IS NULL OR state = :state) AND (:queue IS NULL OR queue = :queue)
+WHERE (:queue IS NULL OR queue = :queue)
+  AND (NOT :jobs_only OR (queue NOT LIKE '%.pidbox' AND queue NOT LIKE 'celeryev.%'))
+ORDER BY id
+LIMIT :limit
+
+-- name: list_jobs_in_state
+SELECT * FROM jobs
+WHERE state = :state AND (:queue IS NULL OR queue = :queue)
+  AND (NOT :jobs_only OR (queue NOT LIKE '%.pidbox' AND queue NOT LIKE 'celeryev.%'))
 ORDER BY id
 LIMIT :limit
 
@@ -234,7 +243,8 @@ SELECT * FROM jobs WHERE task_id = :task_id ORDER BY id
 SELECT queue, state, COUNT(*) AS n FROM jobs GROUP BY queue, state ORDER BY queue, state
 
 -- name: oldest_waiting
-SELECT MIN(created_at) FROM jobs WHERE state = 'pending'
+SELECT MIN(created_at) FROM jobs
+WHERE state = 'pending' AND queue NOT LIKE '%.pidbox' AND queue NOT LIKE 'celeryev.%'
 
 -- name: latest_by_task_id
 SELECT * FROM jobs WHERE task_id = :task_id ORDER BY id DESC LIMIT 1

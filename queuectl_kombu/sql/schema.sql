@@ -42,6 +42,8 @@ CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_expires_at) WHERE state = 
 -- Completed rows to prune once their retention time has passed.
 CREATE INDEX IF NOT EXISTS jobs_completed ON jobs (updated_at) WHERE state = 'completed';
 CREATE INDEX IF NOT EXISTS jobs_task_id ON jobs (task_id);
+-- Listings by state in id order, and counts per state and queue read from the index alone.
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, id, queue);
 -- Messages with a time to live.
 CREATE INDEX IF NOT EXISTS jobs_expiring ON jobs (expires_at) WHERE expires_at IS NOT NULL;
 

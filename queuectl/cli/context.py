@@ -1,0 +1,81 @@
+"""The state one CLI invocation shares between its commands: the database, its store, its Celery app."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+from celery import Celery
+
+from queuectl_kombu import JobStore
+from queuectl_kombu.db import check_path
+
+from ..settings import data_dir_db_path
+
+
+class CliState:
+    """The database this invocation works on; opens the store and the Celery app on first use."""
+
+    def __init__(self, db_path: str, verbose: int = 0) -> None:
+        self.db_path = os.path.abspath(os.path.expanduser(db_path))
+        self.verbose = verbose
+        self._store: JobStore | None = None
+        self._app: Celery | None = None
+
+    def exists(self) -> bool:
+        """Whether the database file exists (raises DatabaseUnusable if its place is unusable)."""
+        if os.path.exists(self.db_path):
+            return True
+        if self.is_default() and not os.path.isdir(os.path.dirname(self.db_path)):
+            return False  # the per-user directory is made by the first command that writes
+        check_path(self.db_path)
+        return False
+
+    def is_default(self) -> bool:
+        """Whether this is the per-user data file (whose directory queuectl may create)."""
+        return self.db_path == data_dir_db_path()
+
+    def store(self) -> JobStore:
+        """The job store, the database created if needed (commands that write)."""
+        if self._store is None:
+            if self.is_default():
+                os.makedirs(os.path.dirname(self.db_path), exist_ok=True)
+            store = JobStore(self.db_path)
+            store.open()
+            self._store = store
+        return self._store
+
+    def existing_store(self) -> JobStore | None:
+        """The job store if the database exists, else None: reading never creates the file."""
+        if self._store is None and not self.exists():
+            return None
+        return self.store()
+
+    def celery(self) -> Celery:
+        """A Celery app on this database (broker and result backend), with run_shell registered."""
+        if self._app is None:
+            from .. import tasks  # noqa: F401  (registers the shared tasks before finalize)
+            from ..app import make_app
+
+            self.store()  # a bad path fails here, with the store's message
+            self._app = make_app(self.db_path)
+        return self._app
+
+    def close(self) -> None:
+        """Release the Celery app's connections and the store's connection."""
+        if self._app is not None:
+            self._app.close()
+            self._app = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+def state(ctx: click.Context | None = None) -> CliState:
+    """The CliState of the running command."""
+    ctx = ctx or click.get_current_context()
+    obj: Any = ctx.find_object(CliState)
+    if obj is None:  # pragma: no cover - every command runs under the main group
+        raise click.UsageError("queuectl commands run under the main group")
+    return obj
