@@ -225,12 +225,34 @@ class Database:
         """Changes whenever another connection, in any process, commits to the file."""
         return self.connection().execute("PRAGMA data_version").fetchone()[0]
 
-    def checkpoint(self) -> tuple[int, int, int]:
-        """Run a passive WAL checkpoint; returns (busy, wal pages, checkpointed pages)."""
+    def checkpoint(self, truncate: bool = False) -> tuple[int, int, int]:
+        """Checkpoint the WAL; returns (busy, wal pages, checkpointed pages).
+
+        PASSIVE never waits. TRUNCATE waits (busy timeout) for readers of old snapshots and for
+        the writer, copies everything and empties the WAL file: the cure for a WAL that readers
+        of many processes keep from ever restarting.
+        """
         conn = self.connection()
-        with _write_lock:
-            row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        return (row[0], row[1], row[2])
+        if not truncate:
+            with _write_lock:
+                row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            return (row[0], row[1], row[2])
+        # Under load another connection's automatic checkpoint often holds the checkpointer lock,
+        # and then TRUNCATE answers busy at once (no busy handler for that lock): try again.
+        deadline = time.monotonic() + 5.0
+        while True:
+            with _write_lock:
+                row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if row[0] == 0 or time.monotonic() > deadline:
+                return (row[0], row[1], row[2])
+            time.sleep(0.002)
+
+    def wal_size(self) -> int:
+        """Bytes in the -wal file (0 when there is none); stat only, the file is never opened."""
+        try:
+            return os.stat(self.path + "-wal").st_size
+        except OSError:
+            return 0
 
     def close(self) -> None:
         """Close this thread's connection (in the process that opened it)."""

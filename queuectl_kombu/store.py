@@ -27,6 +27,9 @@ SETTINGS_TTL = 1.0
 #: exclusive queues are deleted. Live consumers refresh every CONSUMER_HEARTBEAT seconds.
 CONSUMER_TIMEOUT = 10.0
 CONSUMER_HEARTBEAT = 2.0
+#: A WAL larger than this is checkpointed with TRUNCATE (readers of many processes can keep a
+#: passive checkpoint from ever restarting it under a steady load).
+WAL_LIMIT_BYTES = 8 * 1024 * 1024
 #: The largest message accepted, in bytes of its JSON form: a clear error instead of a file
 #: (and workers' memory) blown up by one message.
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
@@ -328,8 +331,12 @@ class JobStore:
         return total
 
     def checkpoint(self) -> tuple[int, int, int]:
-        """Passive WAL checkpoint (the WAL is truncated to 8 MiB when it resets)."""
-        return self.db.checkpoint()
+        """Checkpoint the WAL: passive, or truncating once it has grown past WAL_LIMIT_BYTES."""
+        return self.db.checkpoint(truncate=self.db.wal_size() > WAL_LIMIT_BYTES)
+
+    def wal_too_large(self) -> bool:
+        """Whether the WAL has grown past WAL_LIMIT_BYTES (busy readers kept it from restarting)."""
+        return self.db.wal_size() > WAL_LIMIT_BYTES
 
     # -- queues, exchanges, bindings ----------------------------------------------------------
 
