@@ -691,7 +691,7 @@ class LeaseKeeper(threading.Thread):
                 if now - last_prune >= self.PRUNE_EVERY:
                     self.store.prune_completed(self._retention())
                     last_prune = now
-                if now - last_checkpoint >= self.CHECKPOINT_EVERY:
+                if now - last_checkpoint >= self.CHECKPOINT_EVERY or self.store.wal_too_large():
                     self.store.checkpoint()
                     last_checkpoint = now
             except (sqlite3.Error, DatabaseUnusable) as exc:
