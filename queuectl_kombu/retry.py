@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from .states import JobState
 
 
+#: The longest backoff: a year.
+MAX_DELAY = 365 * 86400.0
+
+
 @dataclass(frozen=True)
 class RetryDecision:
     """What happens to a job whose attempt failed."""
@@ -23,8 +27,11 @@ class RetryPolicy:
     backoff_base: float = 2.0
 
     def delay(self, attempts: int) -> float:
-        """Seconds to wait before the next run after `attempts` failed runs."""
-        return float(self.backoff_base) ** attempts
+        """Seconds to wait before the next run after `attempts` failed runs (at most MAX_DELAY)."""
+        try:
+            return min(float(self.backoff_base) ** attempts, MAX_DELAY)
+        except OverflowError:
+            return MAX_DELAY
 
     def decide(self, attempts: int, now: float, max_retries: int | None = None) -> RetryDecision:
         """Retry while attempts <= max_retries, otherwise the job is dead."""

@@ -18,6 +18,7 @@ class Setting:
     kind: Callable[[Any], Any]
     default: Any
     minimum: float
+    maximum: float
     help: str
     exclusive_minimum: bool = False
 
@@ -25,9 +26,11 @@ class Setting:
         """Validate `value` (a string from the CLI or a JSON value) and return it typed."""
         if isinstance(value, bool):
             raise InvalidConfig(f"{self.name} must be a number, not {value!r}")
+        if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
+            raise InvalidConfig(f"{self.name} must be a finite number, not {value!r}")
         try:
             typed = self.kind(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InvalidConfig(f"{self.name} must be {_kind_name(self.kind)}, not {value!r}") from None
         if self.kind is int and isinstance(value, float) and value != typed:
             raise InvalidConfig(f"{self.name} must be a whole number, not {value!r}")
@@ -36,6 +39,8 @@ class Setting:
         if typed < self.minimum or (self.exclusive_minimum and typed == self.minimum):
             bound = "greater than" if self.exclusive_minimum else "at least"
             raise InvalidConfig(f"{self.name} must be {bound} {self.minimum:g}, not {value!r}")
+        if typed > self.maximum:
+            raise InvalidConfig(f"{self.name} must be at most {self.maximum:g}, not {value!r}")
         return typed
 
 
@@ -46,13 +51,15 @@ def _kind_name(kind: Callable[[Any], Any]) -> str:
 SETTINGS: dict[str, Setting] = {
     s.name: s
     for s in (
-        Setting("max_retries", int, 3, 0, "retries after the first run before a job is dead"),
-        Setting("backoff_base", float, 2.0, 1, "a failed job waits backoff_base ** attempts seconds"),
+        Setting("max_retries", int, 3, 0, 10_000, "retries after the first run before a job is dead"),
+        Setting("backoff_base", float, 2.0, 1, 3600, "a failed job waits backoff_base ** attempts seconds"),
         Setting(
-            "visibility_timeout", float, 30.0, 0, "seconds a claim's lease lasts unless renewed",
+            "visibility_timeout", float, 30.0, 0, 7 * 86400, "seconds a claim's lease lasts unless renewed",
             exclusive_minimum=True,
         ),
-        Setting("retention", float, 86400.0, 0, "seconds completed jobs are kept (0: deleted at once)"),
+        Setting(
+            "retention", float, 86400.0, 0, 10 * 365 * 86400, "seconds completed jobs are kept (0: deleted at once)"
+        ),
     )
 }
 
@@ -81,6 +88,6 @@ def from_rows(rows: Mapping[str, str]) -> dict[str, Any]:
         if key in SETTINGS:
             try:
                 merged[key] = SETTINGS[key].parse(json.loads(raw))
-            except (InvalidConfig, ValueError):
+            except (InvalidConfig, ValueError, OverflowError, RecursionError):
                 pass
     return merged

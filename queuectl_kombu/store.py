@@ -121,11 +121,13 @@ class JobStore:
         ids: list[int] = []
         with self.db.write() as conn:
             for job in jobs:
-                if len(job.payload) > MAX_PAYLOAD_BYTES:
-                    raise PayloadTooLarge(
-                        f"message of {len(job.payload)} bytes for queue {job.queue!r} exceeds the limit "
-                        f"of {MAX_PAYLOAD_BYTES} bytes"
-                    )
+                if len(job.payload) * 4 > MAX_PAYLOAD_BYTES:  # UTF-8: at most 4 bytes a character
+                    size = len(job.payload.encode("utf-8", "surrogatepass"))
+                    if size > MAX_PAYLOAD_BYTES:
+                        raise PayloadTooLarge(
+                            f"message of {size} bytes for queue {job.queue!r} exceeds the limit "
+                            f"of {MAX_PAYLOAD_BYTES} bytes"
+                        )
                 if unique_task_ids and job.task_id is not None:
                     if conn.execute(Q["task_id_exists"], {"task_id": job.task_id}).fetchone():
                         raise DuplicateJob(f"a job with id {job.task_id!r} already exists")
@@ -597,8 +599,9 @@ class JobStore:
         row = self.db.connection().execute(Q["latest_by_task_id"], {"task_id": str(key)}).fetchone()
         if row is not None:
             return Job.from_row(row)
-        if isinstance(key, int) or str(key).isdigit():
-            return self.get_job(int(key))
+        text = str(key)
+        if text.isascii() and text.isdecimal() and int(text) < 2**63:
+            return self.get_job(int(text))
         raise JobNotFound(f"no job with id {key!r}")
 
     def task_exists(self, task_id: str) -> bool:

@@ -106,16 +106,43 @@ def parse_eta(value: Any) -> float | None:
     """An ``eta`` header (ISO 8601; naive means UTC) as epoch seconds, or None."""
     if not value:
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
     try:
-        when = datetime.fromisoformat(str(value))
-    except ValueError:
+        if isinstance(value, (int, float)):
+            seconds = float(value)
+        else:
+            when = datetime.fromisoformat(str(value))
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)
+            seconds = when.timestamp()
+    except (ValueError, OverflowError, TypeError):
+        seconds = math.nan
+    if not math.isfinite(seconds):
         logger.warning("ignoring unreadable eta header %r", value)
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return when.timestamp()
+    return seconds
+
+
+def _text_header(headers: dict[str, Any], name: str) -> str | None:
+    """A header that names something (a task id or name): a string, or a ValueError."""
+    value = headers.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"message header {name!r} must be a string, not {type(value).__name__}")
+
+
+def _max_retries_header(value: Any) -> int | None:
+    """The x-max-retries header: a whole number from 0 to 10,000, or a ValueError."""
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        number = -1
+    if isinstance(value, bool) or number != value and str(number) != str(value).strip() or not 0 <= number <= 10_000:
+        raise ValueError(f"message header {MAX_RETRIES_HEADER!r} must be a whole number from 0 to 10000, not {value!r}")
+    return number
 
 
 def _job_id(delivery_tag: Any) -> int:
@@ -259,16 +286,15 @@ class Channel(virtual.Channel):
         # A Celery task's `expires` also arrives as AMQP `expiration`: it is left to the worker,
         # which records the task as REVOKED (as with Redis) instead of the message vanishing.
         expiration = None if headers.get("task") else props.get("expiration")
-        max_retries = headers.get(MAX_RETRIES_HEADER)
         return NewJob(
             queue=queue,
             payload=payload,
             priority=self._get_message_priority(message),
             next_run_at=parse_eta(headers.get("eta")),
-            task_id=headers.get("id") or props.get("correlation_id"),
-            task_name=headers.get("task"),
+            task_id=_text_header(headers, "id") or _text_header(props, "correlation_id"),
+            task_name=_text_header(headers, "task"),
             expires_at=None if expiration in (None, "") else time.time() + float(expiration) / 1000.0,
-            max_retries=None if max_retries is None else int(max_retries),
+            max_retries=_max_retries_header(headers.get(MAX_RETRIES_HEADER)),
         )
 
     def basic_publish_many(
