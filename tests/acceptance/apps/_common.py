@@ -5,7 +5,7 @@ Environment (set by the test harness for each worker / producer process):
   QTEST_DB       absolute path of the SQLite broker file
   QTEST_EXECLOG  execution log: one line per task event, written with O_APPEND
   QTEST_CONF     JSON object merged into app.conf (transport options, acks_late, ...)
-  QTEST_QUIET    if set, queuectl_kombu's per-job INFO lines are not logged (bulk tests)
+  QTEST_QUIET    if set, per-message INFO lines (queuectl_kombu, celery task trace) are dropped
 """
 
 from __future__ import annotations
@@ -44,8 +44,11 @@ def broker_url() -> str:
 
 
 def setup_logging() -> None:
+    """With QTEST_QUIET, per-message INFO lines are dropped (bulk tests), the rest (e.g. the
+    worker's "ready." line the harness waits for) stays at the worker's -l level."""
     if os.environ.get("QTEST_QUIET"):
-        logging.getLogger("queuectl_kombu").setLevel(logging.WARNING)
+        for name in ("queuectl_kombu", "celery.app.trace", "celery.worker.strategy", "celery.worker.request"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def register_tasks(app) -> dict:
