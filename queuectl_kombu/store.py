@@ -30,6 +30,8 @@ CONSUMER_HEARTBEAT = 2.0
 #: A WAL larger than this is checkpointed with TRUNCATE (readers of many processes can keep a
 #: passive checkpoint from ever restarting it under a steady load).
 WAL_LIMIT_BYTES = 8 * 1024 * 1024
+#: Every process checks the WAL's size after this many of its own commits.
+WAL_CHECK_EVERY = 200
 #: The largest message accepted, in bytes of its JSON form: a clear error instead of a file
 #: (and workers' memory) blown up by one message.
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
@@ -79,6 +81,9 @@ class JobStore:
     def _committed(self) -> None:
         with self._commits_lock:
             self.local_commits = next(self._commits)
+        if self.local_commits % WAL_CHECK_EVERY == 0 and self.wal_too_large():
+            # Publishers with no worker running would otherwise let the WAL grow without bound.
+            self.checkpoint()
 
     def change_stamp(self) -> tuple[int, int]:
         """A value that differs whenever anyone committed since it was last taken."""
@@ -296,13 +301,15 @@ class JobStore:
             ).rowcount
         return n
 
-    def recover_expired_leases(self) -> list[tuple[int, str | None, JobState, int]]:
-        """Jobs whose consumer died go back to pending (dead once retries are exhausted)."""
+    def recover_expired_leases(self, max_retries: int | None = None) -> list[tuple[int, str | None, JobState, int]]:
+        """Jobs whose consumer died go back to pending (dead once retries are exhausted: the job's
+        own max_retries, else `max_retries` if given, else the config table's)."""
         now = self.clock()
         conn = self.db.connection()
         if conn.execute(Q["has_expired_leases"], {"now": now}).fetchone() is None:
             return []
-        max_retries = self.settings(fresh=True)["max_retries"]
+        if max_retries is None:
+            max_retries = self.settings(fresh=True)["max_retries"]
         with self.db.write() as conn:
             rows = conn.execute(
                 Q["recover_expired_leases"], {"now": now, "max_retries": max_retries}

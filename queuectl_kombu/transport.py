@@ -709,7 +709,7 @@ class LeaseKeeper(threading.Thread):
                 if now - last_heartbeat >= CONSUMER_HEARTBEAT:
                     self.store.heartbeat(self.transport.owner)
                     last_heartbeat = now
-                self.store.recover_expired_leases()
+                self.store.recover_expired_leases(self._option("max_retries"))
                 if now - last_touch >= self.TOUCH_EVERY:
                     self.store.touch_queues(self.transport.consumed_queues())
                     self.store.expire()
@@ -729,5 +729,8 @@ class LeaseKeeper(threading.Thread):
         self.store.close()
 
     def _retention(self) -> float | None:
-        option = self.transport.client.transport_options.get("retention")
+        option = self._option("retention")
         return None if option is None else float(option)
+
+    def _option(self, name: str) -> Any:
+        return self.transport.client.transport_options.get(name)

@@ -254,3 +254,26 @@ def test_oversized_message_is_refused_and_nothing_written(store: JobStore, monke
     with pytest.raises(PayloadTooLarge, match="message of 2000 bytes for queue 'q' exceeds the limit of 1000 bytes"):
         store.publish_many([NewJob(queue="q", payload="1"), NewJob(queue="q", payload="x" * 2000)])
     assert store.list_jobs() == []
+
+
+def test_publishers_alone_keep_the_wal_bounded(store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no worker (no lease keeper) running, a publisher truncates an oversized WAL itself."""
+    from queuectl_kombu import store as store_module
+
+    monkeypatch.setattr(store_module, "WAL_LIMIT_BYTES", 256 * 1024)
+    monkeypatch.setattr(store_module, "WAL_CHECK_EVERY", 20)
+    reader = JobStore(store.path)
+    for i in range(400):
+        reader.queue_size("q")  # another connection reading now and then, as workers do
+        store.publish(NewJob(queue="q", payload="x" * 4000))
+    assert store.db.wal_size() < 2 * 1024 * 1024
+    assert store.queue_size("q") == 400
+
+
+def test_lease_recovery_takes_the_given_max_retries(store: JobStore, clock) -> None:
+    (a,) = publish(store)
+    for _ in range(3):
+        store.claim(["q"], 1, "crashy", 10)
+        clock.advance(11)
+        store.recover_expired_leases(max_retries=5)
+    assert store.get_job(a).state is JobState.PENDING
