@@ -37,6 +37,9 @@ class Peer:
         """(broker URL, natural result backend URL) of one run."""
         raise NotImplementedError
 
+    def version(self) -> str:
+        return ""
+
     def reset(self, app: Any) -> None:
         purge(app)
 
@@ -48,10 +51,16 @@ class Queuectl(Peer):
     name = "queuectl"
     settings = ("sqlite:////<tmp>/queuectl.db, a new file per run; transport defaults (WAL, "
                 "synchronous=NORMAL, inotify wake-ups, visibility_timeout 30 s, retention 1 day); "
-                "result backend: none (queuectl_kombu has none)")
+                "result backend: sqlite:// (the broker's file)")
 
     def urls(self, workdir: str) -> tuple[str, str | None]:
-        return "sqlite:///" + os.path.join(os.path.abspath(workdir), "queuectl.db"), None
+        return "sqlite:///" + os.path.join(os.path.abspath(workdir), "queuectl.db"), "sqlite://"
+
+    def version(self) -> str:
+        import sqlite3
+
+        import queuectl_kombu
+        return f"queuectl_kombu {queuectl_kombu.__version__}, SQLite {sqlite3.sqlite_version}"
 
 
 class Redis(Peer):
@@ -72,6 +81,9 @@ class Redis(Peer):
 
     def urls(self, workdir: str) -> tuple[str, str | None]:
         return REDIS_URL, REDIS_URL
+
+    def version(self) -> str:
+        return f"Redis {self._client().info('server')['redis_version']}"
 
     def reset(self, app: Any) -> None:
         self._client().flushdb()
@@ -96,6 +108,12 @@ class RabbitMQ(Peer):
     def urls(self, workdir: str) -> tuple[str, str | None]:
         return AMQP_URL, "rpc://"
 
+    def version(self) -> str:
+        with Connection(AMQP_URL, connect_timeout=3) as conn:
+            conn.connect()
+            version = conn.connection.server_properties.get("version", b"?")
+        return f"RabbitMQ {version.decode() if isinstance(version, bytes) else version}"
+
     def cleanup(self) -> None:
         with Connection(AMQP_URL, connect_timeout=3) as conn:
             channel = conn.default_channel
@@ -118,6 +136,10 @@ class SQLAlchemy(Peer):
     def urls(self, workdir: str) -> tuple[str, str | None]:
         path = os.path.abspath(workdir)
         return f"sqla+sqlite:///{path}/sqla.db", f"db+sqlite:///{path}/sqla-results.db"
+
+    def version(self) -> str:
+        import sqlalchemy
+        return f"SQLAlchemy {sqlalchemy.__version__}"
 
 
 PEERS: dict[str, Peer] = {p.name: p for p in (Queuectl(), Redis(), RabbitMQ(), SQLAlchemy())}

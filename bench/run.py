@@ -2,31 +2,40 @@
 
     python3 bench/run.py [--quick] [--only NAME ...] [--peers queuectl,redis,rabbitmq,sqla]
 
-Each figure is the median of N runs (3; 1 with --quick) with its min-max. Peers alternate run by
-run so that machine noise hits all of them alike. Raw results go to bench/results/latest.json.
+Each figure is the median of N runs (3; 1 with --quick) with its min-max. Runs go in whole passes
+over the workloads, and peers alternate within a pass, so that machine noise hits all of them alike.
+Each run is a child process (`--child WORKLOAD PEER`) with a fresh temporary directory. Raw results
+go to bench/results/latest.json, rewritten after every run. docs/benchmarks.md tells more.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
 import shutil
+import signal
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import psutil
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 
 from bench.peers import PEERS  # noqa: E402
+from bench.worker import interrupted  # noqa: E402
 from bench.workloads import WORKLOADS, Run  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "latest.json")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "bench", "results", "latest.json")
 
 
 def machine() -> dict[str, Any]:
@@ -45,33 +54,78 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def queuectl_digest() -> str:
+    """A digest of queuectl_kombu's .py and .sql files as they are on disk now."""
+    digest = hashlib.sha256()
+    for folder, dirs, files in sorted(os.walk(os.path.join(ROOT, "queuectl_kombu"))):
+        dirs.sort()
+        for name in sorted(f for f in files if f.endswith((".py", ".sql"))):
+            with open(os.path.join(folder, name), "rb") as f:
+                digest.update(name.encode() + f.read())
+    return digest.hexdigest()[:16]
+
+
+def code_identity() -> dict[str, str]:
+    """The commit and queuectl_kombu's digest (the tree may change under a long run)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        head = "?"
+    return {"commit": head, "queuectl_kombu_sha256": queuectl_digest()}
+
+
 def one_run(workload: Any, peer: Any) -> dict[str, Any]:
+    """One workload on one peer, in this process (a child of the main one: see run_child)."""
     workdir = tempfile.mkdtemp(prefix=f"qbench-{peer.name}-")
     broker, backend = peer.urls(workdir)
-    run = Run(peer.name, broker, backend, workdir, quick=False, acks_late=workload.acks_late)
+    run = Run(peer.name, broker, backend, workdir, acks_late=workload.acks_late)
+    failed = False
     try:
         peer.reset(run.app)
         return workload.fn(run)
     except Exception as exc:
-        tails = "".join(f"\n      worker log: {w.log_tail()}" for w in run.workers)
+        failed = True  # keep the files for a look
         traceback.print_exc()
-        return {"error": f"{type(exc).__name__}: {exc}{tails}"}
+        for w in run.workers:
+            print(f"    worker log {w.log_path} ends with:\n{w.log_tail()}", file=sys.stderr, flush=True)
+        return {"error": f"{type(exc).__name__}: {exc} (files kept in {workdir})"}
     finally:
         run.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not failed:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
-def summarize(values: list[float]) -> dict[str, float] | None:
-    if not values:
-        return None
+def run_child(workload: str, peer: str) -> dict[str, Any]:
+    """one_run in a fresh process, so that the publisher loads the same queuectl code as the worker
+    it starts and no state (connections, caches) carries over from one run to the next."""
+    child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", workload, peer],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        out, _ = child.communicate()
+    except BaseException:
+        child.send_signal(signal.SIGTERM)  # its handler stops its worker
+        try:
+            child.wait(60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+        raise
+    try:
+        return json.loads(out.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"error": f"the run's process exited with {child.returncode} and no result"}
+
+
+def summarize(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
-def fmt(x: float) -> str:
-    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}" if abs(x) < 10 else f"{x:.1f}"
+def fmt(x: float, decimals: int = 0) -> str:
+    return f"{x:,.{decimals}f}"
 
 
-def table(summary: dict[str, Any], peers: list[str], n: int) -> str:
+def table(summary: dict[str, Any], peers: list[str], n: int) -> list[list[str]]:
+    """Header and rows: each metric's median (min-max) per peer, then queuectl's ratio to each peer."""
     rows = [["metric (median of %d, min-max)" % n, *peers]
             + [f"queuectl/{p}" for p in peers if p != "queuectl" and "queuectl" in peers]]
     for name, workload in WORKLOADS.items():
@@ -81,19 +135,31 @@ def table(summary: dict[str, Any], peers: list[str], n: int) -> str:
                 continue
             better = "higher" if metric.higher_is_better else "lower"
             row = [f"{metric.label} ({better} is better)"]
+            d = metric.decimals
             for p in peers:
                 s = cells.get(p)
-                row.append("-" if s is None else f"{fmt(s['median'])} ({fmt(s['min'])}-{fmt(s['max'])})")
+                row.append("-" if s is None else f"{fmt(s['median'], d)} ({fmt(s['min'], d)}-{fmt(s['max'], d)})")
             q = cells.get("queuectl")
             for p in peers:
                 if p == "queuectl" or "queuectl" not in peers:
                     continue
                 s = cells.get(p)
-                row.append("-" if not q or not s or not s["median"] else f"{q['median'] / s['median']:.2f}x")
+                ratio = q["median"] / s["median"] if q and s and s["median"] else None
+                row.append("-" if ratio is None else f"{ratio:.2f}x" if ratio >= 0.1 else f"{ratio:.3f}x")
             rows.append(row)
+    return rows
+
+
+def text_table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(r) + " |" for r in rows]
+    lines.insert(1, "|" + "|".join(" --- " if i == 0 else " ---: " for i in range(len(rows[0]))) + "|")
     return "\n".join(lines)
 
 
@@ -106,7 +172,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", default=",".join(PEERS),
                         help=f"comma-separated peers (default {','.join(PEERS)})")
     parser.add_argument("--output", default=RESULTS, help="raw results (default bench/results/latest.json)")
+    parser.add_argument("--child", nargs=2, metavar=("WORKLOAD", "PEER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    # Stop like Ctrl-C on SIGTERM, and on SIGINT even when started in the background (where the
+    # shell ignores it): the `finally` blocks then stop the running worker and clean the peers.
+    def stop(signum: int, frame: Any) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    if args.child:
+        result = one_run(WORKLOADS[args.child[0]], PEERS[args.child[1]])
+        print(json.dumps({**result, "queuectl_kombu_sha256": queuectl_digest()}))
+        return 0
     n = args.runs or (1 if args.quick else 3)
     unknown = [p for p in args.peers.split(",") if p not in PEERS]
     if unknown:
@@ -121,51 +200,72 @@ def main(argv: list[str] | None = None) -> int:
         else:
             peers.append(PEERS[name])
     workloads = [WORKLOADS[w] for w in (args.only or WORKLOADS)]
-    started = time.time()
-    runs: list[dict[str, Any]] = []
+    doc: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "complete": False, "runs_per_figure": n,
+        "machine": machine(), "code": {"before": code_identity()},
+        "peers": {p.name: {"version": p.version(), "settings": p.settings, "broker_url": p.urls("/<tmp>")[0],
+                           "result_backend": p.urls("/<tmp>")[1]} for p in peers},
+        "skipped": skipped, "runs": []}
+    started = time.monotonic()
     try:
-        for workload in workloads:
-            for i in range(n):
+        for i in range(n):  # whole passes: after an interrupted run every figure has i runs
+            for workload in workloads:
                 for peer in peers:
+                    if interrupted.is_set():
+                        raise KeyboardInterrupt
                     t0 = time.monotonic()
-                    result = one_run(workload, peer)
+                    psutil.cpu_percent()
+                    result = run_child(workload.name, peer.name)
                     took = time.monotonic() - t0
-                    runs.append({"workload": workload.name, "peer": peer.name, "run": i + 1,
-                                 "seconds": round(took, 2), **result})
-                    shown = {m.key: fmt(result[m.key]) for m in workload.metrics if m.key in result}
-                    print(f"{workload.name:16} {peer.name:9} run {i + 1}/{n}: "
-                          f"{result.get('error') or shown} ({took:.1f}s)", flush=True)
+                    # what the whole machine was doing meanwhile: other load shows up here
+                    busy = {"machine_cpu_pct": psutil.cpu_percent(), "loadavg_1m": os.getloadavg()[0]}
+                    doc["runs"].append({"workload": workload.name, "peer": peer.name, "run": i + 1,
+                                        "seconds": round(took, 2), **busy, **result})
+                    shown = " ".join(f"{m.key}={fmt(result[m.key], m.decimals)}"
+                                     for m in workload.metrics if m.key in result)
+                    print(f"{workload.name:16} {peer.name:9} run {i + 1}/{n}: {result.get('error') or shown}"
+                          f"  ({took:.1f}s; machine CPU {busy['machine_cpu_pct']:.0f}%,"
+                          f" load {busy['loadavg_1m']:.1f})", flush=True)
+                    write(args.output, doc, [p.name for p in peers], started)  # partial results too
     finally:
         for peer in peers:
             try:
                 peer.cleanup()
             except Exception as exc:
                 print(f"note: cleanup of {peer.name} failed: {exc}")
+    doc["complete"] = True
+    doc["code"]["after"] = code_identity()
+    doc["code"]["queuectl_kombu_sha256_of_runs"] = sorted({r["queuectl_kombu_sha256"] for r in doc["runs"]
+                                                          if "queuectl_kombu_sha256" in r})
+    if len(doc["code"]["queuectl_kombu_sha256_of_runs"]) > 1:
+        print(f"note: queuectl_kombu changed on disk during the run: {doc['code']}")
+    rows = write(args.output, doc, [p.name for p in peers], started)
+    print("\n" + text_table(rows))
+    print(f"\nraw results: {os.path.relpath(args.output)} ({doc['seconds']:.0f}s)")
+    return 1 if any("error" in r for r in doc["runs"]) else 0
+
+
+def write(path: str, doc: dict[str, Any], peers: list[str], started: float) -> list[list[str]]:
+    """Summarize the runs so far into `doc` and write it to `path` atomically; returns the table."""
     summary: dict[str, Any] = {}
-    for workload in workloads:
-        for metric in workload.metrics:
-            for peer in peers:
-                values = [r[metric.key] for r in runs
-                          if r["workload"] == workload.name and r["peer"] == peer.name and metric.key in r]
-                s = summarize(values)
-                if s:
-                    summary.setdefault(workload.name, {}).setdefault(metric.key, {})[peer.name] = s
-    names = [p.name for p in peers]
-    text = table(summary, names, n)
-    print("\n" + text)
-    doc = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-           "seconds": round(time.time() - started, 1), "runs_per_figure": n, "machine": machine(),
-           "peers": {p.name: {"settings": p.settings, "broker_url": p.urls("<tmp>")[0],
-                              "result_backend": p.urls("<tmp>")[1]} for p in peers},
-           "skipped": skipped, "summary": summary, "table": text.splitlines(), "runs": runs}
-    os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    tmp = args.output + ".tmp"
-    with open(tmp, "w") as f:
+    for r in doc["runs"]:
+        for metric in WORKLOADS[r["workload"]].metrics:
+            if metric.key in r:
+                summary.setdefault(r["workload"], {}).setdefault(metric.key, {}).setdefault(
+                    r["peer"], []).append(r[metric.key])
+    for metrics in summary.values():
+        for cells in metrics.values():
+            for peer, values in cells.items():
+                cells[peer] = summarize(values)
+    rows = table(summary, peers, doc["runs_per_figure"])
+    doc.update(seconds=round(time.monotonic() - started, 1), summary=summary,
+               table=markdown_table(rows).splitlines())
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")
-    os.replace(tmp, args.output)
-    print(f"\nraw results: {os.path.relpath(args.output)} ({doc['seconds']:.0f}s)")
-    return 1 if any("error" in r for r in runs) else 0
+    os.replace(path + ".tmp", path)
+    return rows
 
 
 if __name__ == "__main__":

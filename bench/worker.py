@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -17,10 +18,16 @@ from .celeryapp import QUEUE
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+#: Set by run.py's SIGINT/SIGTERM handler: a KeyboardInterrupt raised inside a __del__ is lost, this is not.
+interrupted = threading.Event()
+
+
 def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
     """Poll `condition` until it holds; TimeoutError naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
+        if interrupted.is_set():
+            raise KeyboardInterrupt
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
@@ -57,7 +64,7 @@ class Worker:
         main = psutil.Process(self.proc.pid)
         return [main, *main.children(recursive=True)]
 
-    def log_tail(self, lines: int = 15) -> str:
+    def log_tail(self, lines: int = 40) -> str:
         self._log.flush()
         with open(self.log_path, errors="replace") as f:
             return "".join(f.readlines()[-lines:])

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .celeryapp import QUEUE, make_app
-from .worker import Worker, wait_for
+from .worker import Worker, interrupted, wait_for
 
 
 @dataclass
@@ -23,13 +23,13 @@ class Run:
     broker: str
     backend: str | None
     workdir: str
-    quick: bool
     acks_late: bool = False
     workers: list[Worker] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.app = make_app(self.broker, self.backend, acks_late=self.acks_late)
         self.record = os.path.join(self.workdir, "record.txt")
+        self._offset = self._count = 0
 
     def worker(self) -> Worker:
         w = Worker(self.peer, self.broker, self.backend, self.workdir, self.record, self.acks_late)
@@ -42,6 +42,34 @@ class Run:
             return []
         with open(self.record) as f:
             return [line.split() for line in f if line.endswith("\n")]
+
+    def count(self) -> int:
+        """Lines recorded so far; reads only what was appended since the last call (cheap)."""
+        if os.path.exists(self.record):
+            with open(self.record, "rb") as f:
+                f.seek(self._offset)
+                new = f.read()
+            self._offset += len(new)
+            self._count += new.count(b"\n")
+        return self._count
+
+    def wait_tasks(self, n: int, stall: float = 60.0) -> None:
+        """Until `n` lines are recorded; fails when none came for `stall` seconds."""
+        progress = [0, time.monotonic()]
+
+        def done() -> bool:
+            count = self.count()
+            if count > progress[0]:
+                progress[:] = [count, time.monotonic()]
+            elif time.monotonic() - progress[1] > stall:
+                try:
+                    left: Any = self.queued()
+                except Exception as exc:  # the queue itself may be gone
+                    left = f"? ({exc})"
+                raise TimeoutError(f"stalled: {count} of {n} tasks ran, none in the last {stall:g}s, "
+                                   f"{left} still queued")
+            return count >= n
+        wait_for(done, 3600, f"{n} tasks to run", interval=0.1)
 
     def queued(self) -> int:
         with self.app.connection_for_write() as conn:
@@ -58,12 +86,13 @@ def drain(run: Run, n: int = 5000) -> dict[str, Any]:
     t0 = time.perf_counter()
     with run.app.producer_or_acquire() as producer:
         for i in range(n):
-            run.app.send_task("bench.noop", args=[i], producer=producer)
+            if interrupted.is_set():
+                raise KeyboardInterrupt
+            run.app.send_task("bench.noop", args=[i], producer=producer, ignore_result=True)
     publish_s = time.perf_counter() - t0
     queued = run.queued()
     worker = run.worker()
-    deadline = max(300.0, n / 10)
-    wait_for(lambda: len(run.lines()) >= n, deadline, f"{n} tasks to run", interval=0.2)
+    run.wait_tasks(n)
     time.sleep(0.5)  # a duplicate delivery would show up in the record
     worker.stop()
     rows = run.lines()
@@ -84,13 +113,14 @@ def latency(run: Run, n: int = 200, warmup: int = 20, spacing: float = 0.02) -> 
     run.worker()
     with run.app.producer_or_acquire() as producer:
         for ids in (range(-warmup, 0), range(n)):  # the warm-up wakes every pool process
-            expected = len(run.lines()) + len(ids)
+            expected = run.count() + len(ids)
             next_at = time.monotonic()
             for i in ids:
                 next_at += spacing
-                run.app.send_task("bench.stamp", args=[i, time.time()], producer=producer)
+                run.app.send_task("bench.stamp", args=[i, time.time()], producer=producer,
+                                  ignore_result=True)
                 time.sleep(max(0.0, next_at - time.monotonic()))
-            wait_for(lambda: len(run.lines()) >= expected, 120, f"{len(ids)} tasks to start")
+            run.wait_tasks(expected)
     delays = sorted((float(r[2]) - float(r[1])) * 1000 for r in run.lines() if int(r[0]) >= 0)
     q = statistics.quantiles(delays, n=100, method="inclusive")
     return {"p50_ms": q[49], "p95_ms": q[94], "p99_ms": q[98], "max_ms": delays[-1], "samples": len(delays)}
@@ -102,29 +132,30 @@ def idle(run: Run, seconds: float = 10.0, settle: float = 2.0, interval: float =
     time.sleep(settle)
     base: dict[int, float] = {}
     last: dict[int, float] = {}
-    peak_rss = 0
+    peak_rss = peak_pss = 0
     t0 = time.monotonic()
     first = True
     while True:
-        rss = 0
+        rss = pss = 0
         for proc in worker.processes():
             try:
                 with proc.oneshot():
                     cpu = proc.cpu_times()
-                    rss += proc.memory_info().rss
+                    mem = proc.memory_full_info()  # PSS: shared pages of the forked pool counted once
+                    rss, pss = rss + mem.rss, pss + mem.pss
             except Exception:  # a process that just exited
                 continue
             total = cpu.user + cpu.system
             base.setdefault(proc.pid, total if first else 0.0)
             last[proc.pid] = total
         first = False
-        peak_rss = max(peak_rss, rss)
+        peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
         elapsed = time.monotonic() - t0
         if elapsed >= seconds:
             break
         time.sleep(min(interval, seconds - elapsed))
     cpu_s = sum(last[pid] - base[pid] for pid in last)
-    return {"cpu_pct": 100 * cpu_s / elapsed, "cpu_s": cpu_s, "rss_mb": peak_rss / 2**20,
+    return {"cpu_pct": 100 * cpu_s / elapsed, "cpu_s": cpu_s, "rss_mb": peak_rss / 2**20, "pss_mb": peak_pss / 2**20,
             "processes": len(last)}
 
 
@@ -133,6 +164,7 @@ class Metric:
     key: str
     label: str
     higher_is_better: bool
+    decimals: int = 0  # digits after the point in the table
 
 
 @dataclass(frozen=True)
@@ -147,9 +179,10 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in (
     Workload("drain", drain, (Metric("tasks_per_s", "drain 5k, tasks/s", True),)),
     Workload("drain-acks-late", drain_acks_late,
              (Metric("tasks_per_s", "drain 5k acks_late, tasks/s", True),), acks_late=True),
-    Workload("latency", latency, (Metric("p50_ms", "latency p50, ms", False),
-                                  Metric("p95_ms", "latency p95, ms", False),
-                                  Metric("p99_ms", "latency p99, ms", False))),
-    Workload("idle", idle, (Metric("cpu_pct", "idle CPU, % of a core", False),
-                            Metric("rss_mb", "idle peak RSS, MiB", False))),
+    Workload("latency", latency, (Metric("p50_ms", "latency p50, ms", False, 1),
+                                  Metric("p95_ms", "latency p95, ms", False, 1),
+                                  Metric("p99_ms", "latency p99, ms", False, 1))),
+    Workload("idle", idle, (Metric("cpu_pct", "idle CPU, % of a core", False, 2),
+                            Metric("rss_mb", "idle peak RSS total, MiB", False),
+                            Metric("pss_mb", "idle peak PSS total, MiB", False))),
 )}
