@@ -131,6 +131,22 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
     """Create the schema in a new file, or bring an older file up to date, in one transaction."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version == sql.SCHEMA_VERSION:
+        present = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index')")}
+        if sql.SCHEMA_OBJECTS <= present:
+            return
+        # A file made by a pre-release build of this same version: the schema's statements are
+        # all IF NOT EXISTS, so applying them again adds only what is missing.
+        with _write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in sql.statements(sql.SCHEMA):
+                    conn.execute(statement)
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
+        logger.warning("added the missing tables and indexes of schema version %d to %s", version, path)
         return
     if version > sql.SCHEMA_VERSION:
         raise DatabaseUnusable(

@@ -43,6 +43,10 @@ def statements(script: str) -> list[str]:
 
 
 SCHEMA: str = read("schema.sql")
+#: The tables and indexes the schema creates, by name.
+SCHEMA_OBJECTS: frozenset[str] = frozenset(
+    re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", SCHEMA)
+)
 SCHEMA_VERSION = 1
 #: Scripts that bring a file from version N - 1 to N (sql/migrate_N.sql), applied in order.
 MIGRATIONS: dict[int, str] = {n: read(f"migrate_{n}.sql") for n in range(2, SCHEMA_VERSION + 1)}

@@ -162,3 +162,17 @@ def test_many_threads_opening_a_new_file_at_once(tmp_path: Path) -> None:
         t.join()
     assert errors == []
     assert JobStore(path).queue_size("q") == 12
+
+
+def test_missing_tables_of_the_current_version_are_added(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "q.db"
+    JobStore(str(path)).publish(NewJob(queue="q", payload="kept"))
+    raw = sqlite3.connect(path)
+    raw.execute("DROP TABLE consumers")
+    raw.commit()
+    raw.close()
+    store = JobStore(str(path))
+    assert store.queue_size("q") == 1
+    store.add_consumer("q", "me")  # the table is back
