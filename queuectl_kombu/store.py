@@ -133,6 +133,8 @@ class JobStore:
                             f"message of {size} bytes for queue {job.queue!r} exceeds the limit "
                             f"of {MAX_PAYLOAD_BYTES} bytes"
                         )
+                if job.max_retries is not None and not 0 <= job.max_retries <= 10_000:
+                    raise ValueError(f"max_retries must be a whole number from 0 to 10000, not {job.max_retries!r}")
                 if unique_task_ids and job.task_id is not None:
                     if conn.execute(Q["task_id_exists"], {"task_id": job.task_id}).fetchone():
                         raise DuplicateJob(f"a job with id {job.task_id!r} already exists")
