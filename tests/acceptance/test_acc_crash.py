@@ -62,7 +62,6 @@ def test_sigkill_mid_task_ten_rounds_nothing_lost(harness):
             [first] = events_for(harness, task_id, "start")
             assert first.pgid == victim.pgid, "only the victim consumes this queue so far"
 
-            rescuer = start_worker(queue)  # ready before the kill; the task is mid-run meanwhile
             # kill it in the middle of its run, not just after it started
             time.sleep(max(0.0, first.time + KILL_AFTER - time.time()))
             [row] = store.jobs_for_task(task_id)
@@ -76,6 +75,9 @@ def test_sigkill_mid_task_ten_rounds_nothing_lost(harness):
             lease_at_kill = row.lease_expires_at
             victim.wait_group_gone()
             assert not events_for(harness, task_id, "end"), f"{tag} ended before the kill: kill it earlier"
+            # a fresh worker, started after the kill (starting it before could delay the kill past the
+            # task's end on a loaded machine); its start-up overlaps the wait for the lease to expire
+            rescuer = start_worker(queue)
 
             harness.wait_for(lambda: len(events_for(harness, task_id, "start")) == 2, LEASE + 20, 0.05,
                              f"{tag} to be delivered again after the lease expired")
