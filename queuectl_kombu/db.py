@@ -39,6 +39,15 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
 
+
+@contextlib.contextmanager
+def fork_guard() -> Iterator[None]:
+    """Keep fork() out while the calling thread uses SQLite: a child forked while another thread is
+    inside SQLite (even a read) inherits its locked mutexes and hangs. Background threads (the lease
+    keeper) hold it around each piece of work; re-entrant."""
+    with _write_lock:
+        yield
+
 #: Connections inherited through fork(). Closing one in the child could checkpoint or delete the
 #: parent's WAL, so they are kept referenced here and never touched again.
 _abandoned: list[sqlite3.Connection] = []
@@ -204,7 +213,8 @@ class Database:
         check_path(self.path)
         if not os.path.exists(self.path):
             _create_private(self.path)
-        conn = _open(self.path, self.synchronous)
+        with fork_guard():
+            conn = _open(self.path, self.synchronous)
         _warn_if_shared(self.path)
         if not self._ready:
             with self._lock:

@@ -64,6 +64,7 @@ from kombu.transport.virtual.exchange import TopicExchange
 from kombu.utils.json import dumps, loads
 
 from . import signals  # noqa: F401  (records task errors on their rows)
+from .db import fork_guard
 from .exceptions import DatabaseUnusable
 from .notify import ChangeWaiter
 from .store import CONSUMER_HEARTBEAT, JobStore, NewJob
@@ -698,28 +699,16 @@ class LeaseKeeper(threading.Thread):
         last_renew = last_prune = last_checkpoint = last_touch = last_heartbeat = time.monotonic()
         while not self._stop_event.is_set():
             try:
-                lease = self.transport.lease_seconds()
+                with fork_guard():
+                    lease = self.transport.lease_seconds()
                 tick = max(0.05, min(1.0, lease / 4))
                 if self._stop_event.wait(tick):
                     break
                 now = time.monotonic()
-                if now - last_renew >= lease / 3:
-                    self.store.renew_leases(self.transport.owner, lease)
-                    last_renew = now
-                if now - last_heartbeat >= CONSUMER_HEARTBEAT:
-                    self.store.heartbeat(self.transport.owner)
-                    last_heartbeat = now
-                self.store.recover_expired_leases(self._option("max_retries"))
-                if now - last_touch >= self.TOUCH_EVERY:
-                    self.store.touch_queues(self.transport.consumed_queues())
-                    self.store.expire()
-                    last_touch = now
-                if now - last_prune >= self.PRUNE_EVERY:
-                    self.store.prune_completed(self._retention())
-                    last_prune = now
-                if now - last_checkpoint >= self.CHECKPOINT_EVERY or self.store.wal_too_large():
-                    self.store.checkpoint()
-                    last_checkpoint = now
+                with fork_guard():  # a pool process forked meanwhile must not inherit SQLite's locks
+                    last_renew, last_heartbeat, last_touch, last_prune, last_checkpoint = self._tick(
+                        now, lease, last_renew, last_heartbeat, last_touch, last_prune, last_checkpoint
+                    )
             except (sqlite3.Error, DatabaseUnusable) as exc:
                 logger.warning("lease keeper: %s", exc)
                 self._stop_event.wait(1.0)
@@ -727,6 +716,30 @@ class LeaseKeeper(threading.Thread):
                 logger.exception("lease keeper failed; retrying")
                 self._stop_event.wait(1.0)
         self.store.close()
+
+    def _tick(
+        self, now: float, lease: float, last_renew: float, last_heartbeat: float, last_touch: float,
+        last_prune: float, last_checkpoint: float,
+    ) -> tuple[float, float, float, float, float]:
+        """One round of housekeeping; returns the new times of each kind of work."""
+        if now - last_renew >= lease / 3:
+            self.store.renew_leases(self.transport.owner, lease)
+            last_renew = now
+        if now - last_heartbeat >= CONSUMER_HEARTBEAT:
+            self.store.heartbeat(self.transport.owner)
+            last_heartbeat = now
+        self.store.recover_expired_leases(self._option("max_retries"))
+        if now - last_touch >= self.TOUCH_EVERY:
+            self.store.touch_queues(self.transport.consumed_queues())
+            self.store.expire()
+            last_touch = now
+        if now - last_prune >= self.PRUNE_EVERY:
+            self.store.prune_completed(self._retention())
+            last_prune = now
+        if now - last_checkpoint >= self.CHECKPOINT_EVERY or self.store.wal_too_large():
+            self.store.checkpoint()
+            last_checkpoint = now
+        return last_renew, last_heartbeat, last_touch, last_prune, last_checkpoint
 
     def _retention(self) -> float | None:
         option = self._option("retention")
