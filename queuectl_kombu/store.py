@@ -531,6 +531,12 @@ class JobStore:
         """(routing_key, queue) of every binding of an exchange."""
         return [(r[0], r[1]) for r in self.db.connection().execute(Q["bindings_of_exchange"], {"exchange": exchange})]
 
+    def routes(self, exchange: str) -> tuple[str | None, list[tuple[str, str]]]:
+        """The exchange's type (None if undeclared or unbound) and (routing_key, queue) of each
+        binding, in one read: what a publish needs."""
+        rows = self.db.connection().execute(Q["routes_of_exchange"], {"exchange": exchange}).fetchall()
+        return (rows[0][0] if rows else None), [(r[1], r[2]) for r in rows]
+
     def all_bindings(self) -> list[tuple[str, str, str]]:
         """(queue, exchange, routing_key) of every binding."""
         return [(r[0], r[1], r[2]) for r in self.db.connection().execute(Q["all_bindings"])]

@@ -246,8 +246,7 @@ class Channel(virtual.Channel):
             default = self.deadletter_queue
         if not exchange:
             return [routing_key or default] if (routing_key or default) else []
-        kind = self.store.exchange_type(exchange) or "direct"
-        bindings = self.store.bindings_of(exchange)
+        kind, bindings = self.store.routes(exchange)  # no bindings: no queue, whatever the type
         if kind == "fanout":
             queues = {queue for _, queue in bindings}
         elif kind == "topic":

@@ -205,6 +205,11 @@ DELETE FROM bindings WHERE exchange = :exchange AND queue = :queue AND routing_k
 -- name: bindings_of_exchange
 SELECT routing_key, queue FROM bindings WHERE exchange = :exchange
 
+-- name: routes_of_exchange
+-- One read per publish: the exchange's type (NULL when undeclared) beside each of its bindings.
+SELECT (SELECT type FROM exchanges WHERE name = :exchange) AS type, routing_key, queue
+FROM bindings WHERE exchange = :exchange
+
 -- name: all_bindings
 SELECT queue, exchange, routing_key FROM bindings ORDER BY exchange, queue, routing_key
 
