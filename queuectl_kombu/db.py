@@ -235,9 +235,24 @@ class Database:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """A short write transaction: BEGIN IMMEDIATE, COMMIT, or ROLLBACK on error."""
+        """A short write transaction: BEGIN IMMEDIATE, COMMIT, or ROLLBACK on error.
+
+        Inside another write of the same thread (a publish that declares a queue on its way),
+        a savepoint: its work commits or rolls back with the outer transaction.
+        """
         conn = self.connection()
         with _write_lock:
+            if conn.in_transaction:
+                conn.execute("SAVEPOINT nested")
+                try:
+                    yield conn
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK TO nested")
+                        conn.execute("RELEASE nested")
+                    raise
+                conn.execute("RELEASE nested")
+                return
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn

@@ -29,6 +29,10 @@ class InvalidTransition(QueuectlError):
 class DuplicateJob(QueuectlError):
     """A job with that id already exists."""
 
+    def __init__(self, message: str | None = None, task_id: str | None = None) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
 
 class PayloadTooLarge(QueuectlError):
     """The message is larger than queuectl accepts."""

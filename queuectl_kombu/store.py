@@ -81,7 +81,8 @@ class JobStore:
     def _committed(self) -> None:
         with self._commits_lock:
             self.local_commits = next(self._commits)
-        if self.local_commits % WAL_CHECK_EVERY == 0 and self.wal_too_large():
+        if (self.local_commits % WAL_CHECK_EVERY == 0 and not self.db.connection().in_transaction
+                and self.wal_too_large()):
             # Publishers with no worker running would otherwise let the WAL grow without bound.
             self.checkpoint()
 
@@ -122,29 +123,77 @@ class JobStore:
         With unique_task_ids, a task id that any job already has (or that repeats in `jobs`)
         raises DuplicateJob and nothing is written.
         """
-        now = self.clock()
-        ids: list[int] = []
         with self.db.write() as conn:
-            for job in jobs:
-                if len(job.payload) * 4 > MAX_PAYLOAD_BYTES:  # UTF-8: at most 4 bytes a character
-                    size = len(job.payload.encode("utf-8", "surrogatepass"))
-                    if size > MAX_PAYLOAD_BYTES:
-                        raise PayloadTooLarge(
-                            f"message of {size} bytes for queue {job.queue!r} exceeds the limit "
-                            f"of {MAX_PAYLOAD_BYTES} bytes"
-                        )
-                if job.max_retries is not None and not 0 <= job.max_retries <= 10_000:
-                    raise ValueError(f"max_retries must be a whole number from 0 to 10000, not {job.max_retries!r}")
-                if unique_task_ids and job.task_id is not None:
-                    if conn.execute(Q["task_id_exists"], {"task_id": job.task_id}).fetchone():
-                        raise DuplicateJob(f"a job with id {job.task_id!r} already exists")
-                cur = conn.execute(Q["insert_job"], _insert_params(job, now))
-                ids.append(int(cur.lastrowid or 0))
+            ids = self._insert(conn, list(jobs), unique_task_ids, set())
+        self._committed()
+        _log_pending(ids)
+        return ids
+
+    def publish_stream(self, batches: Iterable[Sequence[NewJob]], *, unique_task_ids: bool = False) -> int:
+        """Insert every batch of `batches` in ONE transaction: all or none; returns the count.
+
+        The batches may be made while the transaction is open (a generator): an exception raised
+        while making one rolls back every batch before it. The write lock is held throughout,
+        so other writers wait (busy timeout) for as long as the batches take to make.
+        """
+        count = 0
+        seen: set[str] = set()
+        ranges: list[tuple[int, int]] = []
+        with self.db.write() as conn:
+            for batch in batches:
+                ids = self._insert(conn, list(batch), unique_task_ids, seen)
+                if ids:
+                    ranges.append((ids[0], ids[-1]))
+                    count += len(ids)
         self._committed()
         if logger.isEnabledFor(logging.INFO):
-            for job_id in ids:
-                logger.info("job %d: pending", job_id)
-        return ids
+            for first, last in ranges:
+                _log_pending(range(first, last + 1))
+        return count
+
+    def _insert(self, conn: Any, jobs: list[NewJob], unique_task_ids: bool, seen: set[str]) -> list[int]:
+        """Insert `jobs` in the open transaction; their ids, in order (consecutive: we hold the lock)."""
+        if not jobs:
+            return []
+        now = self.clock()
+        for job in jobs:
+            if len(job.payload) * 4 > MAX_PAYLOAD_BYTES:  # UTF-8: at most 4 bytes a character
+                size = len(job.payload.encode("utf-8", "surrogatepass"))
+                if size > MAX_PAYLOAD_BYTES:
+                    raise PayloadTooLarge(
+                        f"message of {size} bytes for queue {job.queue!r} exceeds the limit "
+                        f"of {MAX_PAYLOAD_BYTES} bytes"
+                    )
+            if job.max_retries is not None and not 0 <= job.max_retries <= 10_000:
+                raise ValueError(f"max_retries must be a whole number from 0 to 10000, not {job.max_retries!r}")
+        if unique_task_ids:
+            self._check_new_task_ids(conn, [job.task_id for job in jobs if job.task_id is not None], seen)
+        if len(jobs) == 1:
+            cur = conn.execute(Q["insert_job"], _insert_params(jobs[0], now))
+            return [int(cur.lastrowid or 0)]
+        # One statement for the batch; None is bound as a sentinel (binding None costs the
+        # sqlite3 module an adapter lookup per value) and turned back into NULL by the statement.
+        conn.executemany(Q["insert_jobs"], [
+            (job.task_id or "", job.task_name or "", job.queue, job.priority, job.payload,
+             -1 if job.max_retries is None else job.max_retries,
+             now if job.next_run_at is None else job.next_run_at,
+             -1.0 if job.expires_at is None else job.expires_at, now)
+            for job in jobs
+        ])
+        last = int(conn.execute(Q["last_job_id"]).fetchone()[0])
+        return list(range(last - len(jobs) + 1, last + 1))
+
+    @staticmethod
+    def _check_new_task_ids(conn: Any, task_ids: list[str], seen: set[str]) -> None:
+        """DuplicateJob if a task id repeats (in `task_ids` or `seen`) or a job already has it."""
+        for task_id in task_ids:
+            if task_id in seen:
+                raise DuplicateJob(f"a job with id {task_id!r} already exists", task_id)
+            seen.add(task_id)
+        for start in range(0, len(task_ids), 10_000):
+            row = conn.execute(Q["any_task_id_exists"], {"ids": json.dumps(task_ids[start:start + 10_000])}).fetchone()
+            if row is not None:
+                raise DuplicateJob(f"a job with id {row[0]!r} already exists", row[0])
 
     # -- consuming ----------------------------------------------------------------------------
 
@@ -650,6 +699,12 @@ def _int_or_none(value: Any) -> int | None:
         return None if value is None else int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _log_pending(ids: Iterable[int]) -> None:
+    if logger.isEnabledFor(logging.INFO):
+        for job_id in ids:
+            logger.info("job %d: pending", job_id)
 
 
 def _insert_params(job: NewJob, now: float) -> dict[str, Any]:

@@ -262,6 +262,10 @@ class Channel(virtual.Channel):
 
     # -- publishing ---------------------------------------------------------------------------
 
+    def _next_delivery_tag(self) -> str:
+        """Empty at publish: a stored message gets its tag (the job id) when it is delivered."""
+        return ""
+
     def basic_publish(self, message: dict[str, Any], exchange: str, routing_key: str, **kwargs: Any) -> None:
         """Route through the bindings in the file; every copy is inserted in one transaction."""
         self._inplace_augment_message(message, exchange, routing_key)
@@ -296,24 +300,6 @@ class Channel(virtual.Channel):
             expires_at=None if expiration in (None, "") else time.time() + float(expiration) / 1000.0,
             max_retries=_max_retries_header(headers.get(MAX_RETRIES_HEADER)),
         )
-
-    def basic_publish_many(
-        self, items: Iterable[tuple[dict[str, Any], str, str]], *, unique_task_ids: bool = False
-    ) -> list[int]:
-        """Publish many (message, exchange, routing_key) in ONE transaction: all or none.
-
-        The bulk path of ``queuectl enqueue --file``; messages are made by ``prepare_message``.
-        """
-        routes: dict[tuple[str, str], list[str]] = {}
-        jobs: list[NewJob] = []
-        for message, exchange, routing_key in items:
-            self._inplace_augment_message(message, exchange, routing_key)
-            key = (exchange, routing_key)
-            if key not in routes:
-                routes[key] = self._lookup(exchange, routing_key)
-            payload = dumps(message)
-            jobs.extend(self._new_job(queue, message, payload) for queue in routes[key])
-        return self.store.publish_many(jobs, unique_task_ids=unique_task_ids)
 
     # -- queues -------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -43,25 +44,42 @@ def submit(spec: JobSpec) -> str:
 
 
 @contextlib.contextmanager
-def _progress(total: int) -> Iterator[Callable[[int], None] | None]:
-    if not sys.stderr.isatty():
+def _progress(total: int | None) -> Iterator[Callable[[int], None] | None]:
+    if total is None or not sys.stderr.isatty():
         yield None
         return
     with click.progressbar(length=total, label="enqueuing", file=sys.stderr, show_pos=True) as bar:
         yield bar.update
 
 
-def enqueue_file(path: str, batch_size: int, defaults: dict[str, Any]) -> int:
-    """Validate the whole file, then publish it in transactions of `batch_size` jobs."""
+def enqueue_file(path: str, batch_size: int | None, defaults: dict[str, Any]) -> int:
+    """Publish a JSON-lines file: in one transaction, or validated first and then in batches."""
     cached = bulk.read_lines(path)
-    total, ids = bulk.validate_file(path, cached, defaults)
-    if total == 0:
-        return 0
     cli_state = state()
-    bulk.check_new_ids(cli_state.store(), ids, path)
-    app = cli_state.celery()
-    with _progress(total) as on_batch:
-        return bulk.publish_file(app, path, cached, batch_size, defaults, on_batch)
+    total: int | None = None
+    # In batches, or into a database that does not exist yet (a bad file must not create one),
+    # the whole file is checked before anything is written; else it is checked as it is written.
+    if batch_size is not None or not cli_state.exists():
+        total, ids = bulk.validate_file(path, cached, defaults)
+        if total == 0:
+            return 0
+        bulk.check_new_ids(cli_state.store(), ids, path)
+    ids = {}
+    specs = (spec for _, spec in bulk.checked_jobs(path, cached, defaults, ids))
+    first = next(specs, None)  # an empty file creates no database
+    if first is None:
+        return 0
+    if total is None and sys.stderr.isatty():  # the progress bar's length
+        total, _ = bulk.validate_file(path, cached, defaults)
+    try:
+        with _progress(total) as on_batch:
+            return bulk.publish_file(cli_state.celery(), itertools.chain([first], specs), batch_size, on_batch)
+    except DuplicateJob as exc:  # an id of the file that a job of the database already has
+        if exc.task_id not in ids:
+            raise
+        name = "<stdin>" if path == "-" else path
+        raise DuplicateJob(f"{name} line {ids[exc.task_id]}: a job with id {exc.task_id!r} already exists",
+                           exc.task_id) from None
 
 
 @click.command()
@@ -72,18 +90,19 @@ def enqueue_file(path: str, batch_size: int, defaults: dict[str, Any]) -> int:
     help="Many jobs: one JSON job per line ('-': stdin); the options apply to every line.",
 )
 @click.option(
-    "--batch-size", type=click.IntRange(1, 100_000), default=bulk.DEFAULT_BATCH, show_default=True,
-    help="Jobs per transaction with --file.",
+    "--batch-size", type=click.IntRange(1, 1_000_000), default=None,
+    help="With --file: commit every N jobs (the file is checked first) instead of the whole file "
+    "in one transaction, so that other writers wait less.",
 )
 @job_options
-def enqueue(job_json: str | None, command: str | None, file_path: str | None, batch_size: int,
+def enqueue(job_json: str | None, command: str | None, file_path: str | None, batch_size: int | None,
             **options: Any) -> None:
     """Add a shell job and print its id (only the id, on stdout).
 
     A job is JSON with the keys id, command, max_retries, priority, queue, delay (seconds),
     run_at (ISO 8601), timeout (seconds), cwd and env (an object); or --command with options;
-    or --file with one JSON job per line, written in batched transactions (the count is
-    printed on stderr). A job whose command exits non-zero or times out is retried with
+    or --file with one JSON job per line, all written in one transaction (the count is
+    printed on stderr): a bad line or a used id writes nothing. A job whose command exits non-zero or times out is retried with
     exponential backoff, then moved to the dead-letter queue.
 
     \b

@@ -12,6 +12,22 @@ VALUES (:task_id, :task_name, :queue, 'pending',
         COALESCE(:expires_at, :now + (SELECT message_ttl FROM queues WHERE name = :queue)),
         :now, :now)
 
+-- name: insert_jobs
+-- insert_job for executemany, by position: 1 task_id ('' for none), 2 task_name ('' for none),
+-- 3 queue, 4 priority, 5 payload, 6 max_retries (-1 for none), 7 next_run_at, 8 expires_at
+-- (-1 for none), 9 now.
+INSERT INTO jobs (task_id, task_name, queue, state, priority, payload, attempts, max_retries,
+                  next_run_at, expires_at, created_at, updated_at)
+VALUES (NULLIF(?1, ''), NULLIF(?2, ''), ?3, 'pending',
+        MIN(?4, COALESCE((SELECT max_priority FROM queues WHERE name = ?3), 9)),
+        ?5, 0, NULLIF(?6, -1), ?7,
+        COALESCE(NULLIF(?8, -1.0), ?9 + (SELECT message_ttl FROM queues WHERE name = ?3)),
+        ?9, ?9)
+
+-- name: last_job_id
+-- The id AUTOINCREMENT gave last (in a write transaction: the last row this transaction inserted).
+SELECT seq FROM sqlite_sequence WHERE name = 'jobs'
+
 -- name: has_ready
 SELECT 1 FROM jobs
 WHERE queue = :queue AND state IN ('pending', 'failed') AND next_run_at <= :now
@@ -256,6 +272,10 @@ SELECT * FROM jobs WHERE task_id = :task_id ORDER BY id DESC LIMIT 1
 
 -- name: task_id_exists
 SELECT 1 FROM jobs WHERE task_id = :task_id LIMIT 1
+
+-- name: any_task_id_exists
+-- One task id of the JSON array :ids that a job already has.
+SELECT task_id FROM jobs WHERE task_id IN (SELECT value FROM json_each(:ids)) LIMIT 1
 
 -- name: revive
 -- dlq retry: a dead job goes back to pending with its attempts reset.

@@ -205,3 +205,20 @@ def test_traceback_only_with_verbose(cli: Callable[..., Result], populated: str)
     assert loud.stderr.startswith("Traceback (most recent call last):\n")
     assert "queuectl_kombu.exceptions.JobNotFound: no job with id 'nope'" in loud.stderr
     assert loud.stderr.endswith("\nError: no job with id 'nope'\n")
+
+
+@pytest.mark.parametrize(("last", "message"), [
+    ('{"id":"x","command":}', "line 12001: malformed JSON: Expecting value at line 1 column 21"),
+    ('{"id":"new7","command":"x"}', "line 12001: id 'new7' is already used on line 8"),
+    ('{"id":"job2","command":"x"}', "line 12001: a job with id 'job2' already exists"),
+    ('{"command":"x","priority":12}', "line 12001: priority must be between 0 and 9, not 12"),
+])
+def test_bulk_file_is_one_transaction(cli: Callable[..., Result], db: Path, populated: str, tmp_path: Path,
+                                      last: str, message: str) -> None:
+    """Into an existing database the file is checked as it is written, in one transaction: a bad
+    last line, past the first 5,000-job statement, leaves the database as it was."""
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("".join(f'{{"id":"new{i}","command":"echo {i}"}}\n' for i in range(12000)) + last + "\n")
+    result = cli("enqueue", "--file", str(jobs))
+    assert_one_error_line(result, 1 if "already exists" in message else 2, f"Error: {jobs} {message}")
+    assert snapshot(db) == populated

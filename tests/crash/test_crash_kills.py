@@ -33,7 +33,6 @@ PRODUCER_RATE = 6.0  # messages per second per producer: under what the workers 
 FAIL_EVERY = 8  # every 8th published task always fails (retried, then dead)
 MAX_SLEEP = 0.3  # crash.work sleeps up to this: kills land in the middle of runs
 BULK_LINES = 2000
-BULK_BATCH = 200
 RUNNABLE_EVERY = 40  # one bulk line in 40 runs now (shell job); the others wait a day in queue "later"
 #: A processing row whose lease expired longer ago than this, while workers live, was left behind:
 #: the lease keeper recovers expired leases every visibility_timeout / 4 (at most 1 s); the rest is
@@ -146,18 +145,21 @@ def test_random_sigkills_lose_nothing(rig: Rig) -> None:
                 running[(e.task_id, e.pid)] -= 1
         return {pid for (_, pid), n in running.items() if n > 0 and pid in pids}
 
-    def first_row_exists(task_id: str) -> bool:
-        return bool(rig.sql("SELECT 1 FROM jobs WHERE task_id = ?", (task_id,)))
+    bulk_seconds: list[float] = []  # how long a whole bulk enqueue takes here, now
 
     def kill_bulk(bulk: Proc, ids: list[str], mode: str, rng: random.Random) -> None:
-        """before: at a random moment before its first batch; mid: once its first batch is in;
-        whole: let it finish."""
+        """before: at a random moment early in its life; mid: late in its life, around its one
+        transaction; whole: let it finish (measuring it)."""
+        if mode == "whole":
+            bulk.wait(120)
+            bulk_seconds.append(time.time() - bulk.started)
+            return
         if mode == "mid":
-            wait_for(lambda: first_row_exists(ids[0]) or not bulk.alive(), 60, f"{bulk.name} to write")
-            time.sleep(rng.uniform(0.0, 0.15))
-        elif mode == "before":
+            typical = statistics.median(bulk_seconds) if bulk_seconds else 1.5
+            time.sleep(max(0.0, bulk.started + rng.uniform(0.5, 1.0) * typical - time.time()))
+        else:
             time.sleep(rng.uniform(0.1, 0.6))
-        if mode != "whole" and bulk.alive():
+        if bulk.alive():
             rig.kill(bulk, "bulk_enqueue")
 
     cli_seconds: dict[str, list[float]] = defaultdict(list)  # how long each command takes here, now
@@ -179,12 +181,12 @@ def test_random_sigkills_lose_nothing(rig: Rig) -> None:
         # -- the writers of this round: a bulk enqueue, a single enqueue, a config write, each
         #    SIGKILLed at a random moment by its own thread -------------------------------------
         bulk_path, bulk_ids = write_bulk_file(rig, f"B{r}")
-        bulk = rig.cli(f"bulk{r}", "enqueue", "--file", bulk_path, "--batch-size", str(BULK_BATCH))
+        bulk = rig.cli(f"bulk{r}", "enqueue", "--file", bulk_path)
         cli_id = f"C{r}"
         single = rig.cli(f"single{r}", "enqueue", "--id", cli_id, "--command",
                          shell_job_command(cli_id, rig.execlog))
         config = rig.cli(f"config{r}", "config", "set", "visibility-timeout", str(LEASE))
-        mode = ("mid", "before", "mid", "whole", "mid")[r % 5]
+        mode = ("whole", "mid", "before", "mid", "mid")[r % 5]
         # (each thread draws from its own generator, seeded from the test's: a seed replays a run)
         threads = [
             threading.Thread(target=kill_bulk, args=(bulk, bulk_ids, mode, random.Random(rng.random()))),
@@ -349,13 +351,11 @@ def test_random_sigkills_lose_nothing(rig: Rig) -> None:
             assert n == len(ids), f"{run['proc'].name} exited 0 but {len(ids) - n} of its jobs are missing"
             for i, task_id in enumerate(ids):
                 acked[task_id] = "shell" if i % RUNNABLE_EVERY == 0 else "later"
-        # each batch is all or nothing, in file order
-        if n not in (0, len(ids)) and n % BULK_BATCH:
+        # the whole file or nothing
+        if n not in (0, len(ids)):
             problems.append(f"{run['proc'].name}: {n} jobs of a {len(ids)}-line file were written: "
-                            f"not a whole number of {BULK_BATCH}-job batches")
-        if present != ids[:n]:
-            problems.append(f"{run['proc'].name}: the jobs written are not the first {n} lines of the file")
-        bulk_outcomes["whole file" if n == len(ids) else "none" if n == 0 else "some batches"] += 1
+                            "a bulk enqueue must be all or nothing")
+        bulk_outcomes["whole file" if n == len(ids) else "none" if n == 0 else "part"] += 1
         print(f"{run['proc'].name}: kill {run['mode']}, exit code {rc}, {n} of {len(ids)} jobs written")
     for run in config_runs:
         if not run["killed"]:

@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from queuectl_kombu import JobState, JobStore, NewJob
+from queuectl_kombu import DuplicateJob, JobState, JobStore, NewJob
 from queuectl_kombu.sql import QUERIES
 
 
@@ -277,3 +277,50 @@ def test_lease_recovery_takes_the_given_max_retries(store: JobStore, clock) -> N
         clock.advance(11)
         store.recover_expired_leases(max_retries=5)
     assert store.get_job(a).state is JobState.PENDING
+
+
+def test_batch_publish_ids_are_the_rows_and_nulls_stay_null(store: JobStore, clock) -> None:
+    first = publish(store, n=1)
+    ids = store.publish_many([
+        NewJob(queue="q", payload='{"a": 1}'),
+        NewJob(queue="q", payload='{"a": 2}', task_id="t2", task_name="add", max_retries=0, expires_at=clock.now + 5),
+        NewJob(queue="r", payload='{"a": 3}', priority=7, next_run_at=clock.now + 60),
+    ])
+    assert ids == [first[0] + 1, first[0] + 2, first[0] + 3]
+    a, b, c = (store.get_job(i) for i in ids)
+    assert (a.payload, a.task_id, a.task_name, a.max_retries, a.expires_at) == ('{"a": 1}', None, None, None, None)
+    assert (b.task_id, b.task_name, b.max_retries, b.expires_at) == ("t2", "add", 0, clock.now + 5)
+    assert (c.queue, c.priority, c.next_run_at) == ("r", 7, clock.now + 60)
+
+
+def test_publish_stream_is_one_transaction(store: JobStore) -> None:
+    def batches():
+        yield [NewJob(queue="q", payload="{}", task_id=f"s{i}") for i in range(3)]
+        yield [NewJob(queue="q", payload="{}", task_id=f"s{i}") for i in range(3, 6)]
+        raise ValueError("line 7 is bad")
+
+    with pytest.raises(ValueError, match="line 7"):
+        store.publish_stream(batches())
+    assert store.list_jobs() == []
+
+    with pytest.raises(DuplicateJob, match="'s1'"):
+        store.publish_stream([[NewJob(queue="q", payload="{}", task_id="s1")],
+                              [NewJob(queue="q", payload="{}", task_id="s1")]], unique_task_ids=True)
+    assert store.list_jobs() == []
+    assert store.publish_stream([[NewJob(queue="q", payload="{}", task_id="s1")] * 1]) == 1
+    with pytest.raises(DuplicateJob) as caught:
+        store.publish_stream([[NewJob(queue="q", payload="{}", task_id="s1")]], unique_task_ids=True)
+    assert caught.value.task_id == "s1"
+
+
+def test_a_write_inside_a_write_joins_it(store: JobStore) -> None:
+    """A queue declared while a publish transaction is open (the bulk path) commits or rolls
+    back with it."""
+    with pytest.raises(RuntimeError):
+        with store.db.write():
+            store.declare_queue("inner", None)
+            raise RuntimeError
+    assert not store.has_queue("inner")
+    with store.db.write():
+        store.declare_queue("inner", None)
+    assert store.has_queue("inner")
