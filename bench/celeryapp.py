@@ -13,6 +13,7 @@ import time
 from celery import Celery, signals
 
 import queuectl_kombu  # noqa: F401  (registers the sqlite:// scheme)
+from queuectl.shell import check_outcome, run_command
 
 QUEUE = "queuectl-bench"
 
@@ -22,7 +23,7 @@ def make_app(broker_url: str, result_backend: str | None = None, acks_late: bool
     app = Celery("bench", broker=broker_url, backend=result_backend or None, set_as_current=False)
     app.conf.update(
         task_default_queue=QUEUE,
-        task_ignore_result=True,  # the workloads measure the broker; no result is stored
+        task_ignore_result=True,  # no result is stored, except by bench.result (roundtrip)
         task_acks_late=acks_late,
         task_serializer="json",
         accept_content=["json"],
@@ -61,6 +62,19 @@ if "BENCH_BROKER" in os.environ:  # imported by a worker
     def stamp(i: int, sent: float) -> None:
         """Records `i sent start`: the publish time it was given and when it started."""
         record(f"{i} {sent!r} {time.time()!r}\n")
+
+    @app.task(name="bench.shell")
+    def shell(i: int) -> None:
+        """What queuectl.run_shell does for a job of `true` (queuectl.shell's run_command and
+        check_outcome: its own session, a reader thread per pipe), then records `i start end`."""
+        start = time.time()
+        check_outcome(run_command("true"))
+        record(f"{i} {start!r} {time.time()!r}\n")
+
+    @app.task(name="bench.result", ignore_result=False)
+    def result(i: int) -> int:
+        """Returns `i`, stored by the app's result backend (the only task that stores its result)."""
+        return i
 
     @signals.worker_ready.connect(weak=False)
     def _ready(**kwargs: object) -> None:

@@ -34,17 +34,17 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval:
 
 
 class Worker:
-    """`celery -A bench.celeryapp worker -P prefork -c N` on one peer's broker."""
+    """`celery -A bench.celeryapp worker -P POOL -c N` on one peer's broker."""
 
     def __init__(self, peer: str, broker: str, backend: str | None, workdir: str, record: str,
-                 acks_late: bool = False, concurrency: int = 4) -> None:
+                 acks_late: bool = False, concurrency: int = 4, pool: str = "prefork") -> None:
         self.name = f"bench-{peer}-{uuid.uuid4().hex[:8]}@%h"
         self.ready_file = os.path.join(workdir, f"ready-{uuid.uuid4().hex[:8]}")
         self.log_path = os.path.join(workdir, "worker.log")
         env = dict(os.environ, BENCH_BROKER=broker, BENCH_BACKEND=backend or "", BENCH_RECORD=record,
                    BENCH_READY=self.ready_file, BENCH_ACKS_LATE="1" if acks_late else "0",
                    PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
-        cmd = [sys.executable, "-m", "celery", "-A", "bench.celeryapp", "worker", "-P", "prefork",
+        cmd = [sys.executable, "-m", "celery", "-A", "bench.celeryapp", "worker", "-P", pool,
                "-c", str(concurrency), "-Q", QUEUE, "-n", self.name, "--without-mingle",
                "--without-gossip", "--without-heartbeat", "-l", "WARNING"]
         self._log = open(self.log_path, "ab")
@@ -60,7 +60,7 @@ class Worker:
         wait_for(ready, timeout, "the worker to be ready")
 
     def processes(self) -> list[psutil.Process]:
-        """The main process and its children (the pool)."""
+        """The main process and its children (the prefork pool; none with threads)."""
         main = psutil.Process(self.proc.pid)
         return [main, *main.children(recursive=True)]
 

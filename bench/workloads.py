@@ -1,20 +1,30 @@
 """The workloads: one function each, taking a Run and returning {metric: value, ...}.
 
-A Run gives the peer's publisher app, its URLs, a fresh work directory and `worker()`, which starts a
-worker on the peer (the caller's `finally` stops it). Add a workload by writing a function and
-listing it in WORKLOADS with the metrics it reports.
+A Run gives the peer's publisher app, its URLs, a fresh work directory, the workload's size `n`
+and `worker()`, which starts a worker on the peer with the workload's pool (the caller's `finally`
+stops it). Add a workload by writing a function and listing it in WORKLOADS with its metrics, its
+default size and, if it applies to some peers only, their names.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
+import resource
+import shutil
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .celeryapp import QUEUE, make_app
 from .worker import Worker, interrupted, wait_for
+
+#: Where the scale workloads put their pending filler jobs: a queue no worker of the bench consumes.
+OTHER_QUEUE = "queuectl-bench-other"
 
 
 @dataclass
@@ -23,7 +33,9 @@ class Run:
     broker: str
     backend: str | None
     workdir: str
+    n: int = 0
     acks_late: bool = False
+    pool: str = "prefork"
     workers: list[Worker] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -32,10 +44,16 @@ class Run:
         self._offset = self._count = 0
 
     def worker(self) -> Worker:
-        w = Worker(self.peer, self.broker, self.backend, self.workdir, self.record, self.acks_late)
+        w = Worker(self.peer, self.broker, self.backend, self.workdir, self.record, self.acks_late,
+                   pool=self.pool)
         self.workers.append(w)
         w.wait_ready()
         return w
+
+    def db_path(self) -> str:
+        """The queuectl file of this run (queuectl only)."""
+        assert self.broker.startswith("sqlite:///"), self.broker
+        return self.broker[len("sqlite:///"):]
 
     def lines(self) -> list[list[str]]:
         if not os.path.exists(self.record):
@@ -81,35 +99,171 @@ class Run:
         self.app.close()
 
 
-def drain(run: Run, n: int = 5000) -> dict[str, Any]:
-    """Publish n no-op tasks, then start a worker; tasks/s from the first start to the last end."""
+def check_interrupted() -> None:
+    if interrupted.is_set():
+        raise KeyboardInterrupt
+
+
+def publish(run: Run, n: int, task: str = "bench.noop", first: int = 0) -> float:
+    """Send n tasks `task(i)` one at a time through one producer; returns the seconds it took."""
     t0 = time.perf_counter()
     with run.app.producer_or_acquire() as producer:
-        for i in range(n):
-            if interrupted.is_set():
-                raise KeyboardInterrupt
-            run.app.send_task("bench.noop", args=[i], producer=producer, ignore_result=True)
-    publish_s = time.perf_counter() - t0
+        for i in range(first, first + n):
+            check_interrupted()
+            run.app.send_task(task, args=[i], producer=producer, ignore_result=True)
+    return time.perf_counter() - t0
+
+
+def enqueue(run: Run) -> dict[str, Any]:
+    """One producer sends n no-op tasks one at a time (after 100 untimed ones that open the
+    connection and declare the queue); msgs/s of the timed sends, then a check that all arrived."""
+    warmup = 100
+    publish(run, warmup, first=-warmup)
+    seconds = publish(run, run.n)
+    wait_for(lambda: run.queued() >= warmup + run.n, 60, "every message to be queued", interval=0.1)
+    queued = run.queued() - warmup
+    return {"per_s": run.n / seconds, "publish_s": seconds, "queued": queued, "missing": run.n - queued}
+
+
+def queuectl_executable() -> str:
+    """The console script of this interpreter (a pyenv shim would add its own start-up)."""
+    beside = os.path.join(os.path.dirname(sys.executable), "queuectl")
+    found = beside if os.path.exists(beside) else shutil.which("queuectl")
+    if not found:
+        raise RuntimeError("the queuectl console script is not installed: pip install -e .")
+    return found
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def bulk(run: Run) -> dict[str, Any]:
+    """`queuectl --db FILE enqueue --file JOBS --queue queuectl-bench` of n shell jobs (one JSON
+    object a line: {"command": "true"}); jobs/s of the whole CLI process, start-up included."""
+    jobs = os.path.join(run.workdir, "jobs.jsonl")
+    with open(jobs, "w") as f:
+        f.writelines(json.dumps({"command": "true"}) + "\n" for _ in range(run.n))
+    exe = queuectl_executable()
+    cmd = [exe, "--db", run.db_path(), "enqueue", "--file", jobs, "--queue", QUEUE]
+    cpu = children_cpu()
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    cpu = children_cpu() - cpu
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited with {proc.returncode}: {proc.stderr[-2000:]}")
+    t0 = time.perf_counter()
+    subprocess.run([exe, "--help"], capture_output=True, check=True)
+    startup = time.perf_counter() - t0
+    queued = run.queued()
+    return {"jobs_per_s": run.n / wall, "wall_s": wall, "cpu_s": cpu, "jobs_per_cpu_s": run.n / cpu,
+            "help_s": startup, "queued": queued, "missing": run.n - queued}
+
+
+def drain(run: Run, task: str = "bench.noop",
+          before_stop: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Publish n tasks, then start a worker; tasks/s from the first start to the last end."""
+    n = run.n
+    publish_s = publish(run, n, task)
     queued = run.queued()
     worker = run.worker()
     run.wait_tasks(n)
     time.sleep(0.5)  # a duplicate delivery would show up in the record
+    extra = before_stop() if before_stop else {}
     worker.stop()
     rows = run.lines()
     ids = [int(r[0]) for r in rows]
     first, last = min(float(r[1]) for r in rows), max(float(r[2]) for r in rows)
     return {"tasks_per_s": n / (last - first), "drain_s": last - first, "publish_per_s": n / publish_s,
             "queued_before_start": queued, "runs": len(ids), "duplicates": len(ids) - len(set(ids)),
-            "missing": n - len(set(ids))}
+            "missing": n - len(set(ids)), **extra}
 
 
-def drain_acks_late(run: Run) -> dict[str, Any]:
-    """drain with task_acks_late=True (the worker acknowledges after the task ran)."""
-    return drain(run)
+def roundtrip(run: Run, warmup: int = 20, warmup_budget: float = 10.0, budget: float = 60.0) -> dict[str, Any]:
+    """`send_task(...).get()` of bench.result, whose result goes through the peer's result backend,
+    one at a time to an idle worker: `warmup` trips (at most `warmup_budget` s), then n trips or as
+    many as fit in `budget` s (a peer that polls every second gets fewer)."""
+    run.worker()
+    times: list[float] = []
+    for count, seconds, keep in ((warmup, warmup_budget, False), (run.n, budget, True)):
+        deadline = time.monotonic() + seconds
+        for i in range(count):
+            check_interrupted()
+            t0 = time.perf_counter()
+            value = run.app.send_task("bench.result", args=[i], ignore_result=False).get(timeout=30)
+            took = time.perf_counter() - t0
+            if value != i:
+                raise AssertionError(f"bench.result({i}) returned {value!r}")
+            if keep:
+                times.append(took * 1000)
+            if time.monotonic() > deadline:
+                break
+    times.sort()
+    q = statistics.quantiles(times, n=100, method="inclusive")
+    return {"p50_ms": q[49], "p95_ms": q[94], "p99_ms": q[98], "max_ms": times[-1], "samples": len(times)}
 
 
-def latency(run: Run, n: int = 200, warmup: int = 20, spacing: float = 0.02) -> dict[str, Any]:
-    """Publish-to-start delay of single tasks sent `spacing` apart to an idle worker."""
+def db_bytes(path: str) -> int:
+    """The database file plus its WAL."""
+    return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
+
+
+def fill(run: Run, total: int, pending_every: int = 10, batch: int = 50_000) -> dict[str, Any]:
+    """Put `total` jobs in the run's queuectl file through the storage layer (JobStore): one in
+    `pending_every` pending in OTHER_QUEUE (no worker takes them), the others completed in the
+    bench queue, ids interleaved. Each batch: publish_many, then claim + ack_many of its
+    bench-queue jobs (retention 1 day: they stay). Payloads are real messages of bench.noop as the
+    bench publishes them, each with its own task id."""
+    from queuectl_kombu import JobStore, NewJob
+
+    owner = "bench-fill"
+    store = JobStore(run.db_path())
+    try:
+        templates = {}
+        for queue in (QUEUE, OTHER_QUEUE):  # one real message of each queue, taken back at once
+            run.app.send_task("bench.noop", args=[0], queue=queue, ignore_result=True)
+            [job] = store.take([queue], 1)
+            assert job.task_id and len(job.task_id) == 36, job.task_id
+            templates[queue] = (job.payload, job.task_id)
+        t0 = time.perf_counter()
+        done = 0
+        while done < total:
+            check_interrupted()
+            jobs = []
+            completed = 0
+            for i in range(done, min(total, done + batch)):
+                queue = OTHER_QUEUE if i % pending_every == pending_every - 1 else QUEUE
+                completed += queue == QUEUE
+                payload, template_id = templates[queue]
+                task_id = f"00000000-0000-4000-8000-{i:012d}"
+                jobs.append(NewJob(queue, payload.replace(template_id, task_id), task_id=task_id,
+                                   task_name="bench.noop"))
+            store.publish_many(jobs)
+            claimed = store.claim([QUEUE], completed, owner, 3600)
+            lost = store.ack_many([job.id for job in claimed], owner, retention=86400)
+            if len(claimed) != completed or lost:
+                raise RuntimeError(f"fill: {len(claimed)} of {completed} claimed, {len(lost)} acks lost")
+            done += len(jobs)
+        seconds = time.perf_counter() - t0
+        counts = {str(k): v for k, v in store.counts().items()}
+    finally:
+        store.close()
+    return {"fill_s": seconds, "fill_per_s": total / seconds, "filled": counts,
+            "db_mb_filled": db_bytes(run.db_path()) / 1e6}
+
+
+def scale(run: Run, jobs: int) -> dict[str, Any]:
+    """drain of n no-op tasks with `jobs` jobs already in the database (see fill)."""
+    filled = fill(run, jobs)
+    result = drain(run, before_stop=lambda: {"db_mb": db_bytes(run.db_path()) / 1e6})
+    return {**filled, **result}
+
+
+def latency(run: Run, warmup: int = 20, spacing: float = 0.02) -> dict[str, Any]:
+    """Publish-to-start delay of n single tasks sent `spacing` apart to an idle worker."""
+    n = run.n
     run.worker()
     with run.app.producer_or_acquire() as producer:
         for ids in (range(-warmup, 0), range(n)):  # the warm-up wakes every pool process
@@ -159,12 +313,23 @@ def idle(run: Run, seconds: float = 10.0, settle: float = 2.0, interval: float =
             "processes": len(last)}
 
 
+
+
+def human(n: int) -> str:
+    """5000 -> 5k, 1000000 -> 1M, 200 -> 200."""
+    for div, unit in ((1_000_000, "M"), (1000, "k")):
+        if n >= div and n % (div // 10) == 0:
+            return f"{n / div:g}{unit}"
+    return f"{n:,}"
+
+
 @dataclass(frozen=True)
 class Metric:
     key: str
-    label: str
+    label: str  # "{n}" is replaced by the workload's size, as 5k
     higher_is_better: bool
     decimals: int = 0  # digits after the point in the table
+    unit: str = ""  # of the chart's axis
 
 
 @dataclass(frozen=True)
@@ -172,17 +337,51 @@ class Workload:
     name: str
     fn: Callable[[Run], dict[str, Any]]
     metrics: tuple[Metric, ...]
+    n: int  # its size: tasks, jobs or trips (run.py --n NAME=N changes it)
     acks_late: bool = False
+    pool: str = "prefork"
+    peers: tuple[str, ...] | None = None  # the peers it applies to (None: all)
+    fill: int = 0  # scale: jobs already in the database
+
+    def applies_to(self, peer: str) -> bool:
+        return self.peers is None or peer in self.peers
+
+
+def _drain_metric(what: str) -> tuple[Metric, ...]:
+    return (Metric("tasks_per_s", f"drain {{n}} {what}, tasks/s", True, unit="tasks/s"),)
+
+
+def _scale(jobs: int) -> Workload:
+    return Workload(f"scale-{human(jobs).lower()}", functools.partial(scale, jobs=jobs),
+                    (Metric("tasks_per_s", f"drain {{n}} with {human(jobs)} jobs in the file, tasks/s", True,
+                            unit="tasks/s"),
+                     Metric("db_mb", f"file + WAL with {human(jobs)} jobs, MB", False, 1, unit="MB")),
+                    5000, peers=("queuectl",), fill=jobs)
 
 
 WORKLOADS: dict[str, Workload] = {w.name: w for w in (
-    Workload("drain", drain, (Metric("tasks_per_s", "drain 5k, tasks/s", True),)),
-    Workload("drain-acks-late", drain_acks_late,
-             (Metric("tasks_per_s", "drain 5k acks_late, tasks/s", True),), acks_late=True),
-    Workload("latency", latency, (Metric("p50_ms", "latency p50, ms", False, 1),
-                                  Metric("p95_ms", "latency p95, ms", False, 1),
-                                  Metric("p99_ms", "latency p99, ms", False, 1))),
-    Workload("idle", idle, (Metric("cpu_pct", "idle CPU, % of a core", False, 2),
-                            Metric("rss_mb", "idle peak RSS total, MiB", False),
-                            Metric("pss_mb", "idle peak PSS total, MiB", False))),
+    Workload("enqueue", enqueue, (Metric("per_s", "enqueue {n}, one producer, msgs/s", True, unit="msgs/s"),),
+             5000),
+    Workload("bulk", bulk, (Metric("jobs_per_s", "queuectl enqueue --file {n}, jobs/s", True, unit="jobs/s"),),
+             100_000, peers=("queuectl",)),
+    Workload("drain", drain, _drain_metric("prefork -c 4"), 5000),
+    Workload("drain-acks-late", drain, _drain_metric("prefork -c 4 acks_late"), 5000, acks_late=True),
+    Workload("drain-threads", drain, _drain_metric("threads -c 4"), 5000, pool="threads"),
+    Workload("drain-threads-acks-late", drain, _drain_metric("threads -c 4 acks_late"), 5000,
+             acks_late=True, pool="threads"),
+    Workload("shell-drain", functools.partial(drain, task="bench.shell"),
+             (Metric("tasks_per_s", "shell drain {n} (`true`), prefork -c 4, tasks/s", True, unit="tasks/s"),),
+             5000),
+    Workload("latency", latency, (Metric("p50_ms", "latency p50, ms", False, 1, unit="ms"),
+                                  Metric("p95_ms", "latency p95, ms", False, 1, unit="ms"),
+                                  Metric("p99_ms", "latency p99, ms", False, 1, unit="ms")), 200),
+    Workload("roundtrip", roundtrip, (Metric("p50_ms", "roundtrip p50, ms", False, 1, unit="ms"),
+                                      Metric("p95_ms", "roundtrip p95, ms", False, 1, unit="ms"),
+                                      Metric("p99_ms", "roundtrip p99, ms", False, 1, unit="ms")), 200),
+    Workload("idle", idle, (Metric("cpu_pct", "idle CPU, % of a core", False, 2, unit="% of a core"),
+                            Metric("rss_mb", "idle peak RSS total, MiB", False, unit="MiB"),
+                            Metric("pss_mb", "idle peak PSS total, MiB", False, unit="MiB")), 0),
+    _scale(10_000),
+    _scale(100_000),
+    _scale(1_000_000),
 )}
