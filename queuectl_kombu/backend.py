@@ -130,7 +130,7 @@ class SQLiteBackend(KeyValueStoreBackend):
     @property
     def store(self) -> ResultStore:
         """The ResultStore of this backend's file, shared within the process."""
-        if self._store is None:
+        if self._store is None or self._store.db.moved():  # (a new file at the path: a new store)
             self._store = result_store(
                 self.path, self.synchronous,
                 purge_interval=self.purge_interval, poll_interval=self.polling_interval,

@@ -198,6 +198,8 @@ class Database:
         self._pid = os.getpid()
         self._ready = False
         self._lock = threading.Lock()
+        #: (device, inode) of the file first opened: see moved()
+        self._identity: tuple[int, int] | None = None
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection, opened (and the schema created) on first use."""
@@ -215,6 +217,10 @@ class Database:
             _create_private(self.path)
         with fork_guard():
             conn = _open(self.path, self.synchronous)
+        if self._identity is None:
+            with contextlib.suppress(OSError):
+                st = os.stat(self.path)
+                self._identity = (st.st_dev, st.st_ino)
         _warn_if_shared(self.path)
         if not self._ready:
             with self._lock:
@@ -261,6 +267,22 @@ class Database:
                     conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+
+    def moved(self) -> str | None:
+        """What happened to the file this object opened, if the path no longer names it
+        ("was deleted", "was replaced by another file"), else None. SQLite keeps using the inode
+        it opened: a deleted or replaced database would otherwise be served in silence."""
+        if self._identity is None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return "was deleted"
+        except OSError:
+            return None
+        if (st.st_dev, st.st_ino) != self._identity:
+            return "was replaced by another file"
+        return None
 
     def data_version(self) -> int:
         """Changes whenever another connection, in any process, commits to the file."""

@@ -254,7 +254,7 @@ def result_store(
     key = (os.path.abspath(os.path.expanduser(path)), synchronous.upper())
     with _stores_lock:
         store = _stores.get(key)
-        if store is None:
+        if store is None or store.db.moved():
             store = _stores[key] = ResultStore(
                 key[0], synchronous=key[1], purge_interval=purge_interval, poll_interval=poll_interval
             )

@@ -89,7 +89,7 @@ def store_for(path: str, synchronous: str = "NORMAL") -> JobStore:
     key = (os.path.abspath(os.path.expanduser(path)), synchronous.upper())
     with _stores_lock:
         store = _stores.get(key)
-        if store is None:
+        if store is None or store.db.moved():  # a new file at the path: a new store
             store = _stores[key] = JobStore(key[0], synchronous=key[1])
         return store
 
@@ -186,6 +186,9 @@ class Channel(virtual.Channel):
         self.next_due = math.inf
         self._no_ack_queues: set[str] = set()
         self._acks: list[int] = []
+        self._rejects: list[tuple[int, bool]] = []  # (job id, requeue) whose write failed
+        self._failing_since: float | None = None
+        self._failed_logged_at = -math.inf
         self._topic = TopicExchange(self)
 
     # -- exchanges and bindings: kept in the database, shared by every process -----------------
@@ -367,6 +370,8 @@ class Channel(virtual.Channel):
     def deliver(self, callback: Any, most: int) -> int:
         """Claim up to `most` messages (no more than the prefetch window) in one transaction and
         hand them to `callback`; raises Empty when there are none."""
+        if self.transport.moved:
+            raise sqlite3.OperationalError(self.transport.moved)  # a connection error: Celery reconnects
         if not self._consumers:
             raise Empty()
         stamp = self.store.change_stamp()
@@ -430,10 +435,43 @@ class Channel(virtual.Channel):
         self.qos.ack(delivery_tag)
 
     def flush_acks(self) -> None:
-        """Write the gathered acks."""
+        """Write the gathered acks and the rejects that could not be written yet.
+
+        A write that fails (disk full, database locked for longer than the busy timeout) keeps
+        them for the next tick, with an ERROR naming the file; the rows stay processing under
+        our renewed lease meanwhile, so no one else runs them.
+        """
         acks, self._acks = self._acks, []
-        if acks:
-            self.store.ack_many(acks, self.transport.owner, self.retention)
+        rejects, self._rejects = self._rejects, []
+        try:
+            if acks:
+                self.store.ack_many(acks, self.transport.owner, self.retention)
+                acks = []
+            while rejects:
+                self._reject(*rejects[0])
+                rejects.pop(0)
+        except sqlite3.OperationalError as exc:
+            self._acks[:0] = acks
+            self._rejects[:0] = rejects
+            self._write_failed(exc)
+            return
+        if self._failing_since is not None:
+            logger.warning("queuectl: acks and rejects written to %s again after %.1f s",
+                           self.store.path, time.monotonic() - self._failing_since)
+            self._failing_since = None
+
+    def _write_failed(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        if now - self._failed_logged_at >= 30.0:
+            self._failed_logged_at = now
+            logger.error("queuectl: cannot write %d acks and %d rejects to %s (%s): kept, retried on each tick",
+                         len(self._acks), len(self._rejects), self.store.path, exc)
+
+    def has_pending_writes(self) -> bool:
+        """Acks or rejects wait to be written."""
+        return bool(self._acks or self._rejects)
 
     def close(self) -> None:
         """Write pending acks, then close (unacked messages go back to pending)."""
@@ -444,13 +482,22 @@ class Channel(virtual.Channel):
     def basic_reject(self, delivery_tag: Any, requeue: bool = False) -> None:
         """Requeue the same row, or apply the retry policy (failed with backoff, or dead)."""
         job_id = _job_id(delivery_tag)
+        try:
+            self._reject(job_id, requeue)
+        except sqlite3.OperationalError as exc:
+            if not self.transport.on_loop_thread():
+                raise
+            self._rejects.append((job_id, requeue))  # flush_acks retries it
+            self._write_failed(exc)
+        self.qos.ack(delivery_tag)
+
+    def _reject(self, job_id: int, requeue: bool) -> None:
         if requeue:
             self.store.requeue(job_id, self.transport.owner)
         else:
             self.store.fail(
                 job_id, self.transport.owner, max_retries=self.max_retries, backoff_base=self.backoff_base
             )
-        self.qos.ack(delivery_tag)
 
     def _restore(self, message: Any) -> None:
         """Hand an unacked message back: its row returns to pending (no copy)."""
@@ -489,6 +536,8 @@ class Transport(virtual.Transport):
         self._owner: str | None = None
         self._owner_pid = 0
         self._keeper: LeaseKeeper | None = None
+        #: Set by the lease keeper when the path no longer names the file this process opened.
+        self.moved: str | None = None
         #: Exclusive queues declared through this connection: deleted when it closes.
         self.exclusive_queues: set[str] = set()
         self._loop: Any = None
@@ -564,7 +613,7 @@ class Transport(virtual.Transport):
     def flush_acks(self) -> None:
         """Write the acks every channel gathered on the event loop (runs before each wait)."""
         for channel in self.channels:
-            if channel._acks:
+            if channel.has_pending_writes():
                 channel.flush_acks()
 
     def on_change(self) -> None:
@@ -684,6 +733,15 @@ class LeaseKeeper(threading.Thread):
         last_renew = last_prune = last_checkpoint = last_touch = last_heartbeat = time.monotonic()
         while not self._stop_event.is_set():
             try:
+                moved = self.store.db.moved()
+                if moved:
+                    logger.critical(
+                        "queuectl: database %s %s while this worker had it open: reconnecting to the "
+                        "file now at that path (what the old file held is no longer served)",
+                        self.store.path, moved,
+                    )
+                    self.transport.moved = f"database {self.store.path} {moved}"
+                    break
                 with fork_guard():
                     lease = self.transport.lease_seconds()
                 tick = max(0.05, min(1.0, lease / 4))

@@ -154,10 +154,6 @@ def test_disk_full_clear_error_nothing_half_written_then_resumes(full_rig: Rig) 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a worker whose ack/reject failed (disk full) keeps the message in its prefetch window and "
-    "renews the row's lease forever: after space returns the row stays processing and the worker "
-    "takes nothing more (see the crash-suite report)"))
 def test_disk_full_while_jobs_run_worker_resumes_when_space_returns(full_rig: Rig) -> None:
     rig = full_rig
     small_fs: Mount = rig.mount  # type: ignore[attr-defined]
@@ -193,10 +189,6 @@ NOTICE_WORDS = ("deleted", "replaced", "moved", "unlinked", "inode")
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a worker keeps using the inode it opened: after the file is deleted it logs nothing and "
-    "never runs a job sent to the path; after another file is moved over it the stale -wal shadows "
-    "the new file and the worker says only 'lease keeper: no such table: config' (see the report)"))
 def test_database_deleted_or_replaced_under_worker_is_not_silent(rig: Rig, how: str) -> None:
     worker = rig.worker(concurrency=1)
     assert all(r["ok"] for r in publish(rig, ["first"]))
