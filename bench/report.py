@@ -249,9 +249,24 @@ def blocks(doc: dict[str, Any], image: str) -> dict[str, str]:
         if r.get("duplicates") or r.get("missing"):
             notes.append(f"* `{r['workload']}` on {r['peer']} run {r['run']}: {r.get('duplicates', 0)} "
                          f"duplicate(s), {r.get('missing', 0)} missing")
-    if len(doc["code"].get("queuectl_kombu_sha256_of_runs", [])) > 1:
-        notes.append("* queuectl_kombu changed on disk during the run (the digests above): figures of "
-                     "different runs may come from different code.")
+    digests: dict[str, list[str]] = {}
+    for r in doc["runs"]:
+        if "queuectl_kombu_sha256" in r and r["peer"] == "queuectl":
+            digests.setdefault(r["queuectl_kombu_sha256"], []).append(f"{r['workload']} ({r['run']})")
+    if len(digests) > 1:
+        notes.append("* queuectl_kombu changed on disk during the run, so queuectl's figures come from "
+                     "different code: " + "; ".join(f"{d} ran {', '.join(w)}" for d, w in digests.items()) + ".")
+    nproc = doc["machine"].get("nproc") or 1
+    busy = [r for r in doc["runs"] if r.get("loadavg_1m", 0) > 2 * nproc]
+    if busy:
+        notes.append(f"* Runs during which the 1-minute load average passed {2 * nproc} (2 per CPU; the "
+                     "bench's own worker and publisher count in it): " + ", ".join(
+                         f"{r['workload']} on {r['peer']} ({r['loadavg_1m']:.1f})" for r in busy) + ".")
+    fills = [r for r in doc["runs"] if "fill_s" in r]
+    if fills:
+        notes.append("* Filling the `scale-*` files through JobStore took " + ", ".join(
+            f"{sum(r['filled'].values()):,} jobs in {r['fill_s']:.0f} s ({r['fill_per_s']:,.0f} jobs/s)"
+            for r in fills) + " (not part of the figures).")
     checked = [r for r in doc["runs"] if "missing" in r]
     if checked and not any(r.get("duplicates") or r.get("missing") for r in checked):
         notes.append(f"* Every one of the {len(checked)} runs that check deliveries (`enqueue`, `bulk`, the "
