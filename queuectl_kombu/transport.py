@@ -78,6 +78,10 @@ UNIQUE_HEADER = "x-unique-id"
 
 #: Longest a consumer sleeps before it looks again even if the file did not change.
 MAX_WAIT = 1.0
+#: While a worker is busy, claims and ack writes are at most this far apart (each takes many rows),
+#: unless ACK_BATCH acks are waiting. An idle worker claims at once.
+COALESCE = 0.005
+ACK_BATCH = 64
 
 _stores: dict[tuple[str, str], JobStore] = {}
 _stores_lock = threading.Lock()
@@ -186,6 +190,7 @@ class Channel(virtual.Channel):
         self.next_due = math.inf
         self._no_ack_queues: set[str] = set()
         self._acks: list[int] = []
+        self._last_claim = -math.inf
         self._rejects: list[tuple[int, bool]] = []  # (job id, requeue) whose write failed
         self._failing_since: float | None = None
         self._failed_logged_at = -math.inf
@@ -345,6 +350,19 @@ class Channel(virtual.Channel):
         info["redelivered"] = claimed.attempts > 1
         return message
 
+    def _claim_soon(self, room: int | None) -> bool:
+        """Whether to put a claim off for a moment (the event loop will call again): only while
+        messages are held (the pool has work), the window is mostly full, and we claimed less
+        than COALESCE seconds ago. Each claim then takes several messages, not one per ack."""
+        if room is None or not self.transport.on_loop_thread():
+            return False
+        held = (self.qos.prefetch_count or 0) - room
+        wait = COALESCE - (time.monotonic() - self._last_claim)
+        if held <= 0 or room * 2 >= (self.qos.prefetch_count or 0) or wait <= 0:
+            return False
+        self.transport.call_again(wait)
+        return True
+
     def _claim(self, queues: list[str], limit: int) -> list[Any]:
         return self.store.claim(queues, limit, self.transport.owner, self.transport.lease_seconds())
 
@@ -382,7 +400,10 @@ class Channel(virtual.Channel):
         claimed = self.store.take(unacked, most) if unacked else []
         room = self.qos.can_consume_max_estimate()
         limit = min(most - len(claimed), self.prefetch_batch if room is None else room)
+        if acked and limit > 0 and self._claim_soon(room):
+            acked = []  # a claim a moment later takes more messages in one transaction
         if acked and limit > 0:
+            self._last_claim = time.monotonic()
             claimed += self._claim(acked, limit)
         elif acked and not claimed and room == 0:
             raise Empty()  # the prefetch window is full: an ack will wake us
@@ -424,8 +445,8 @@ class Channel(virtual.Channel):
     def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
         """Complete the message's row (or delete it when retention is 0).
 
-        On the event loop's thread, acks are gathered and written in one transaction before the
-        loop next waits (its on_tick); elsewhere they are written at once.
+        On the event loop's thread, acks are gathered and written in one transaction (at most
+        COALESCE seconds later: see Transport.flush_acks); elsewhere they are written at once.
         """
         job_id = _job_id(delivery_tag)
         if self.transport.on_loop_thread():
@@ -545,6 +566,8 @@ class Transport(virtual.Transport):
         self._timers: list[Any] = []
         self._due_timer: Any = None
         self._due_at = math.inf
+        self._again_timer: Any = None
+        self._last_flush = -math.inf
 
     @property
     def store(self) -> JobStore:
@@ -600,6 +623,10 @@ class Transport(virtual.Transport):
         if self._due_timer is not None:
             self._due_timer.cancel()
             self._due_timer = None
+        if self._again_timer is not None:
+            self._again_timer.cancel()
+            self._again_timer = None
+        self._last_flush = -math.inf
         self.flush_acks()
         if self._loop is not None:
             self._loop.on_tick.discard(self.flush_acks)
@@ -611,10 +638,32 @@ class Transport(virtual.Transport):
         return self._loop is not None and self._loop_thread == threading.get_ident()
 
     def flush_acks(self) -> None:
-        """Write the acks every channel gathered on the event loop (runs before each wait)."""
+        """Write the acks every channel gathered on the event loop (runs before each wait).
+
+        At most one write every COALESCE seconds unless ACK_BATCH acks are waiting: under load
+        each transaction then completes many rows (a timer writes the rest)."""
+        pending = sum(len(ch._acks) + len(ch._rejects) for ch in self.channels)
+        if not pending:
+            return
+        wait = COALESCE - (time.monotonic() - self._last_flush)
+        if pending < ACK_BATCH and wait > 0 and self._loop is not None:
+            self.call_again(wait)
+            return
+        self._last_flush = time.monotonic()
         for channel in self.channels:
             if channel.has_pending_writes():
                 channel.flush_acks()
+
+    def call_again(self, delay: float) -> None:
+        """Run flush_acks and on_change again in `delay` seconds (one timer at a time)."""
+        if self._loop is None or self._again_timer is not None:
+            return
+        self._again_timer = self._loop.call_later(delay, self._again)
+
+    def _again(self) -> None:
+        self._again_timer = None
+        self.flush_acks()
+        self.on_change()
 
     def on_change(self) -> None:
         """The database may have changed (or a timer fired): deliver whatever is ready."""
