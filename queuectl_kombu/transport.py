@@ -400,8 +400,8 @@ class Channel(virtual.Channel):
         claimed = self.store.take(unacked, most) if unacked else []
         room = self.qos.can_consume_max_estimate()
         limit = min(most - len(claimed), self.prefetch_batch if room is None else room)
-        if acked and limit > 0 and self._claim_soon(room):
-            acked = []  # a claim a moment later takes more messages in one transaction
+        if acked and limit > 0 and not claimed and self._claim_soon(room):
+            raise Empty()  # a claim a moment later (call_again) takes more messages at once
         if acked and limit > 0:
             self._last_claim = time.monotonic()
             claimed += self._claim(acked, limit)
