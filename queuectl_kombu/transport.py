@@ -82,6 +82,8 @@ MAX_WAIT = 1.0
 #: unless ACK_BATCH acks are waiting. An idle worker claims at once.
 COALESCE = 0.005
 ACK_BATCH = 64
+#: How often a worker tries again to write acks and rejects that failed (disk full).
+RETRY_FAILED = 1.0
 
 _stores: dict[tuple[str, str], JobStore] = {}
 _stores_lock = threading.Lock()
@@ -645,8 +647,10 @@ class Transport(virtual.Transport):
         pending = sum(len(ch._acks) + len(ch._rejects) for ch in self.channels)
         if not pending:
             return
-        wait = COALESCE - (time.monotonic() - self._last_flush)
-        if pending < ACK_BATCH and wait > 0 and self._loop is not None:
+        failing = any(ch._failing_since is not None for ch in self.channels)
+        # writes that fail (disk full) are tried again once a second, not at every turn
+        wait = (RETRY_FAILED if failing else COALESCE) - (time.monotonic() - self._last_flush)
+        if (failing or pending < ACK_BATCH) and wait > 0 and self._loop is not None:
             self.call_again(wait)
             return
         self._last_flush = time.monotonic()
