@@ -190,10 +190,9 @@ class JobStore:
             if task_id in seen:
                 raise DuplicateJob(f"a job with id {task_id!r} already exists", task_id)
             seen.add(task_id)
-        for start in range(0, len(task_ids), 10_000):
-            row = conn.execute(Q["any_task_id_exists"], {"ids": json.dumps(task_ids[start:start + 10_000])}).fetchone()
-            if row is not None:
-                raise DuplicateJob(f"a job with id {row[0]!r} already exists", row[0])
+        found = _existing_task_id(conn, task_ids)
+        if found is not None:
+            raise DuplicateJob(f"a job with id {found!r} already exists", found)
 
     # -- consuming ----------------------------------------------------------------------------
 
@@ -668,6 +667,10 @@ class JobStore:
             return self.get_job(int(text))
         raise JobNotFound(f"no job with id {key!r}")
 
+    def existing_task_id(self, task_ids: Sequence[str]) -> str | None:
+        """One of `task_ids` that a job already carries, or None (one query per 10,000 ids)."""
+        return _existing_task_id(self.db.connection(), list(task_ids))
+
     def task_exists(self, task_id: str) -> bool:
         """Whether any job carries this task id."""
         return self.db.connection().execute(Q["task_id_exists"], {"task_id": task_id}).fetchone() is not None
@@ -699,6 +702,14 @@ def _int_or_none(value: Any) -> int | None:
         return None if value is None else int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _existing_task_id(conn: Any, task_ids: list[str]) -> str | None:
+    for start in range(0, len(task_ids), 10_000):
+        row = conn.execute(Q["any_task_id_exists"], {"ids": json.dumps(task_ids[start:start + 10_000])}).fetchone()
+        if row is not None:
+            return str(row[0])
+    return None
 
 
 def _log_pending(ids: Iterable[int]) -> None:

@@ -84,10 +84,10 @@ def validate_file(
 
 def check_new_ids(store: JobStore, ids: Mapping[str, int], path: str) -> None:
     """DuplicateJob, naming the line, if a job of the database already has one of `ids`."""
-    name = "<stdin>" if path == "-" else path
-    for task_id, number in ids.items():
-        if store.task_exists(task_id):
-            raise DuplicateJob(f"{name} line {number}: a job with id {task_id!r} already exists")
+    found = store.existing_task_id(list(ids))
+    if found is not None:
+        name = "<stdin>" if path == "-" else path
+        raise DuplicateJob(f"{name} line {ids[found]}: a job with id {found!r} already exists", found)
 
 
 def _uuid4s(n: int) -> list[str]:
