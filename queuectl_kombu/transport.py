@@ -43,6 +43,7 @@ Options left unset fall back to the config table of the database, then to the de
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -570,6 +571,8 @@ class Transport(virtual.Transport):
         self._due_at = math.inf
         self._again_timer: Any = None
         self._last_flush = -math.inf
+        #: A pipe on the event loop that makes its poll return (see call_again).
+        self._wake_fds: tuple[int, int] | None = None
 
     @property
     def store(self) -> JobStore:
@@ -606,6 +609,9 @@ class Transport(virtual.Transport):
         self._loop = loop
         self._loop_thread = threading.get_ident()
         loop.on_tick.add(self.flush_acks)
+        if self._wake_fds is None:
+            self._wake_fds = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        loop.add_reader(self._wake_fds[0], self._on_wake)
         waiter = self.waiter
         if waiter.uses_inotify:
             loop.add_reader(waiter.fileno(), self.on_change)
@@ -619,6 +625,8 @@ class Transport(virtual.Transport):
         """Stop watching the file and cancel this transport's timers."""
         if self._loop is not None and self._waiter is not None and self._waiter.fileno() >= 0:
             self._loop.remove_reader(self._waiter.fileno())
+        if self._loop is not None and self._wake_fds is not None:
+            self._loop.remove_reader(self._wake_fds[0])
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
@@ -659,10 +667,26 @@ class Transport(virtual.Transport):
                 channel.flush_acks()
 
     def call_again(self, delay: float) -> None:
-        """Run flush_acks and on_change again in `delay` seconds (one timer at a time)."""
+        """Run flush_acks and on_change again in `delay` seconds (one timer at a time).
+
+        The hub computes its poll timeout before it runs on_tick (where flush_acks runs), so a
+        timer added there would wait for the next event or for the 1 s timer: with no other
+        descriptor busy (a threads pool) every prefetch window stalled ~1 s. The wake pipe makes
+        the poll return at once and the next turn of the loop sees the new timer.
+        """
         if self._loop is None or self._again_timer is not None:
             return
         self._again_timer = self._loop.call_later(delay, self._again)
+        if self._wake_fds is not None:
+            with contextlib.suppress(BlockingIOError):  # full: the loop wakes anyway
+                os.write(self._wake_fds[1], b"\0")
+
+    def _on_wake(self) -> None:
+        """The wake pipe: empty it; the timer set by call_again does the work."""
+        if self._wake_fds is not None:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wake_fds[0], 4096):
+                    pass
 
     def _again(self) -> None:
         self._again_timer = None
@@ -717,6 +741,10 @@ class Transport(virtual.Transport):
             if self._waiter is not None:
                 self._waiter.close()
                 self._waiter = None
+            if self._wake_fds is not None and self._loop is None:
+                for fd in self._wake_fds:
+                    os.close(fd)
+                self._wake_fds = None
 
     def consumed_queues(self) -> list[str]:
         """Every queue some channel of this connection consumes from."""

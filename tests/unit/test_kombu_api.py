@@ -215,3 +215,33 @@ def test_drain_events_delivers_one_message_per_call(url: str) -> None:
             conn.drain_events(timeout=5)
             assert received == ["a", "b"]
         q.close()
+
+
+def test_a_timer_set_in_on_tick_wakes_the_poll(url: str) -> None:
+    """kombu's hub computes its poll timeout before it runs on_tick: the transport's coalescing
+    timer, set by flush_acks on a tick, must make the poll return at once (the wake pipe), or a
+    worker whose pool touches no descriptor (-P threads) waits ~1 s at every prefetch window."""
+    import select
+
+    from kombu.asynchronous import Hub
+
+    hub = Hub()
+    with Connection(url) as conn:
+        conn.connect()
+        transport = conn.transport
+        transport.register_with_event_loop(conn.connection, hub)
+        try:
+            channel = conn.default_channel
+            transport.flush_acks()  # nothing pending: no timer, no wake-up
+            assert select.select([transport._wake_fds[0]], [], [], 0)[0] == []
+            channel._acks.append(1)  # an ack gathered on the loop, just after a flush
+            transport._last_flush = time.monotonic()
+            transport.flush_acks()  # put off (coalescing): a timer, and the poll must not sleep
+            assert transport._again_timer is not None
+            assert select.select([transport._wake_fds[0]], [], [], 0)[0] == [transport._wake_fds[0]]
+            transport._on_wake()
+            assert select.select([transport._wake_fds[0]], [], [], 0)[0] == []
+            channel._acks.clear()
+        finally:
+            transport.unregister_from_event_loop(conn.connection, hub)
+    hub.close()
