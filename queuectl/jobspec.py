@@ -32,7 +32,7 @@ def is_control_queue(name: str) -> bool:
     return name.endswith(".pidbox") or name.startswith("celeryev.")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class JobSpec:
     """One validated shell job."""
 

@@ -73,13 +73,26 @@ def checked_jobs(
         yield number, job
 
 
+#: The most jobs validate_file keeps, parsed, for the publish that follows (a larger file is
+#: parsed again as it is published, so that memory stays bounded).
+KEEP_PARSED = 250_000
+
+
 def validate_file(
     path: str, cached: list[str] | None, defaults: Mapping[str, Any] | None = None
-) -> tuple[int, dict[str, int]]:
-    """Check every line before anything is written: (job count, explicit id -> line number)."""
+) -> tuple[int, dict[str, int], list[JobSpec] | None]:
+    """Check every line before anything is written: (job count, explicit id -> line number, the
+    jobs themselves when there are at most KEEP_PARSED of them, else None)."""
     ids: dict[str, int] = {}
-    count = sum(1 for _ in checked_jobs(path, cached, defaults, ids))
-    return count, ids
+    jobs: list[JobSpec] | None = []
+    count = 0
+    for _, job in checked_jobs(path, cached, defaults, ids):
+        count += 1
+        if jobs is not None:
+            jobs.append(job)
+            if count > KEEP_PARSED:
+                jobs = None
+    return count, ids, jobs
 
 
 def check_new_ids(store: JobStore, ids: Mapping[str, int], path: str) -> None:
@@ -128,23 +141,31 @@ def _message(body: str, headers: dict[str, Any], route: tuple[str, str, list[str
     }
 
 
+def _dumps_kwargs(kwargs: dict[str, Any]) -> str:
+    """json.dumps(kwargs), the same text; a flat object of strings (most jobs) without the
+    encoder's set-up, which costs more than the encoding."""
+    if all(type(v) is str for v in kwargs.values()):
+        return "{" + ", ".join(f"{encode_string(k)}: {encode_string(v)}" for k, v in kwargs.items()) + "}"
+    return json.dumps(kwargs)
+
+
 class _Template:
     """The JSON text of a message cut where the body, the task id and the kwargs' repr go."""
 
     def __init__(self, text: str, embed: Any) -> None:
-        self.parts = re.split("(" + "|".join(re.escape(json.dumps(s)) for s in (_BODY, _ID, _KWARGSREPR)) + ")", text)
-        self.slots = {json.dumps(s): s for s in (_BODY, _ID, _KWARGSREPR)}
+        slots = [json.dumps(s) for s in (_BODY, _ID, _KWARGSREPR)]
+        self.parts = re.split("(" + "|".join(re.escape(slot) for slot in slots) + ")", text)
+        #: (index in parts, which value: 0 body, 1 id, 2 kwargs' repr) of every stand-in
+        self.slots = [(i, slots.index(part)) for i, part in enumerate(self.parts) if part in slots]
         self.embed_json = json.dumps(embed)
 
     def fill(self, task_id: str, kwargs: dict[str, Any]) -> str:
-        body = base64.b64encode(f"[[], {json.dumps(kwargs)}, {self.embed_json}]".encode()).decode()
-        values = {
-            _BODY: f'"{body}"',
-            _ID: encode_string(task_id),
-            _KWARGSREPR: encode_string(repr(kwargs)[:KWARGSREPR_MAX]),
-        }
-        slots = self.slots
-        return "".join(values[slots[part]] if part in slots else part for part in self.parts)
+        body = base64.b64encode(f"[[], {_dumps_kwargs(kwargs)}, {self.embed_json}]".encode()).decode()
+        values = (f'"{body}"', encode_string(task_id), encode_string(repr(kwargs)[:KWARGSREPR_MAX]))
+        parts = self.parts.copy()
+        for i, which in self.slots:
+            parts[i] = values[which]
+        return "".join(parts)
 
 
 class BulkPublisher:

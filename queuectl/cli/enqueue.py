@@ -57,20 +57,24 @@ def enqueue_file(path: str, batch_size: int | None, defaults: dict[str, Any]) ->
     cached = bulk.read_lines(path)
     cli_state = state()
     total: int | None = None
+    parsed: list[JobSpec] | None = None
     # In batches, or into a database that does not exist yet (a bad file must not create one),
     # the whole file is checked before anything is written; else it is checked as it is written.
     if batch_size is not None or not cli_state.exists():
-        total, ids = bulk.validate_file(path, cached, defaults)
+        total, ids, parsed = bulk.validate_file(path, cached, defaults)
         if total == 0:
             return 0
         bulk.check_new_ids(cli_state.store(), ids, path)
-    ids = {}
-    specs = (spec for _, spec in bulk.checked_jobs(path, cached, defaults, ids))
+    if parsed is None:
+        ids = {}
+        specs: Iterator[JobSpec] = (spec for _, spec in bulk.checked_jobs(path, cached, defaults, ids))
+    else:
+        specs = iter(parsed)  # checked above: not parsed twice
     first = next(specs, None)  # an empty file creates no database
     if first is None:
         return 0
     if total is None and sys.stderr.isatty():  # the progress bar's length
-        total, _ = bulk.validate_file(path, cached, defaults)
+        total, _, _ = bulk.validate_file(path, cached, defaults)
     try:
         with _progress(total) as on_batch:
             return bulk.publish_file(cli_state.celery(), itertools.chain([first], specs), batch_size, on_batch)
