@@ -575,6 +575,12 @@ class Transport(virtual.Transport):
         self._wake_fds: tuple[int, int] | None = None
 
     @property
+    def default_connection_params(self) -> dict[str, Any]:
+        """No host: the file is the whole address (kombu's virtual default, 'localhost', made
+        every worker log "No hostname was supplied")."""
+        return {}
+
+    @property
     def store(self) -> JobStore:
         """The store of this connection's database file."""
         if self._store is None:

@@ -245,3 +245,13 @@ def test_a_timer_set_in_on_tick_wakes_the_poll(url: str) -> None:
         finally:
             transport.unregister_from_event_loop(conn.connection, hub)
     hub.close()
+
+
+def test_no_hostname_warning(url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The file is the whole address: kombu must not warn that no hostname was supplied (every
+    worker logged it at start)."""
+    with caplog.at_level("WARNING", logger="kombu.connection"), Connection(url) as conn:
+        conn.connect()
+        info = conn.info()
+    assert info["virtual_host"].endswith("queue.db")
+    assert not [r for r in caplog.records if "hostname" in r.getMessage()]
