@@ -454,9 +454,22 @@ class Channel(virtual.Channel):
         job_id = _job_id(delivery_tag)
         if self.transport.on_loop_thread():
             self._acks.append(job_id)
+            self.qos.ack(delivery_tag)
+            self._slot_freed()
         else:
             self.store.ack(job_id, self.transport.owner, self.retention)
-        self.qos.ack(delivery_tag)
+            self.qos.ack(delivery_tag)
+
+    def _slot_freed(self) -> None:
+        """On the event loop, after an ack or reject: once half the prefetch window is free, claim
+        again now. A deferred claim (_claim_soon) would otherwise wait for the next write to the
+        file, the ack flush COALESCE seconds later: one window per COALESCE seconds at most
+        (3,200 tasks/s with Celery's 16), short of what a prefork pool of quick tasks runs."""
+        prefetch = self.qos.prefetch_count
+        if prefetch:
+            room = self.qos.can_consume_max_estimate()
+            if room * 2 >= prefetch > (room - 1) * 2:  # just reached half: once per window
+                self.transport.wake()
 
     def flush_acks(self) -> None:
         """Write the gathered acks and the rejects that could not be written yet.
@@ -514,6 +527,8 @@ class Channel(virtual.Channel):
             self._rejects.append((job_id, requeue))  # flush_acks retries it
             self._write_failed(exc)
         self.qos.ack(delivery_tag)
+        if self.transport.on_loop_thread():
+            self._slot_freed()
 
     def _reject(self, job_id: int, requeue: bool) -> None:
         if requeue:
@@ -683,16 +698,21 @@ class Transport(virtual.Transport):
         if self._loop is None or self._again_timer is not None:
             return
         self._again_timer = self._loop.call_later(delay, self._again)
-        if self._wake_fds is not None:
+        self.wake()
+
+    def wake(self) -> None:
+        """Make the event loop's poll return now; its next turn delivers what it can."""
+        if self._loop is not None and self._wake_fds is not None:
             with contextlib.suppress(BlockingIOError):  # full: the loop wakes anyway
                 os.write(self._wake_fds[1], b"\0")
 
     def _on_wake(self) -> None:
-        """The wake pipe: empty it; the timer set by call_again does the work."""
+        """The wake pipe: empty it and deliver (a timer set by call_again fires on its own)."""
         if self._wake_fds is not None:
             with contextlib.suppress(BlockingIOError):
                 while os.read(self._wake_fds[0], 4096):
                     pass
+        self.on_change()
 
     def _again(self) -> None:
         self._again_timer = None
