@@ -265,11 +265,9 @@ class JobStore:
             retention = self.settings()["retention"]
         statement = Q["delete_processing"] if retention <= 0 else Q["complete"]
         now = self.clock()
-        lost: list[int] = []
         with self.db.write() as conn:
-            for job_id in job_ids:
-                if not conn.execute(statement, {"id": job_id, "owner": owner, "now": now}).rowcount:
-                    lost.append(job_id)
+            done = {r[0] for r in conn.execute(statement, {"ids": json.dumps(list(job_ids)), "owner": owner, "now": now})}
+        lost = [job_id for job_id in job_ids if job_id not in done]
         self._committed()
         for job_id in lost:
             logger.warning("job %d: ack ignored, %s no longer holds its lease", job_id, owner)

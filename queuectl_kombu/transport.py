@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import math
 import os
@@ -346,7 +347,11 @@ class Channel(virtual.Channel):
     # -- consuming ----------------------------------------------------------------------------
 
     def _deliverable(self, claimed: Any) -> dict[str, Any]:
-        message = loads(claimed.payload)
+        payload = claimed.payload
+        # kombu's loads passes an object_hook (a new decoder each call, the hook called for every
+        # object) for the {"__type__": ...} objects its dumps makes; a message without one
+        # decodes the same with the plain decoder.
+        message = loads(payload) if '"__type__"' in payload else json.loads(payload)
         props = message.setdefault("properties", {})
         props["delivery_tag"] = f"{claimed.id}:{next(_tags)}"
         info = props.setdefault("delivery_info", {})

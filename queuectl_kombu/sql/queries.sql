@@ -64,12 +64,16 @@ SELECT MIN(next_run_at) FROM jobs
 WHERE queue = :queue AND state IN ('pending', 'failed')
 
 -- name: complete
+-- Every job of the JSON array :ids that :owner still holds; returns the ids it completed.
 UPDATE jobs
 SET state = 'completed', lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
-WHERE id = :id AND state = 'processing' AND lease_owner = :owner
+WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'processing' AND lease_owner = :owner
+RETURNING id
 
 -- name: delete_processing
-DELETE FROM jobs WHERE id = :id AND state = 'processing' AND lease_owner = :owner
+DELETE FROM jobs
+WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'processing' AND lease_owner = :owner
+RETURNING id
 
 -- name: requeue
 UPDATE jobs

@@ -298,3 +298,24 @@ def test_half_the_window_acked_wakes_the_loop(url: str) -> None:
         finally:
             transport.unregister_from_event_loop(conn.connection, hub)
     hub.close()
+
+
+def test_kombu_typed_json_round_trips(url: str) -> None:
+    """kombu's JSON writes datetimes and UUIDs as {"__type__": ...} objects: a message holding
+    them is decoded with kombu's hook, one without them by the plain decoder; both as sent."""
+    import uuid
+
+    when = datetime(2030, 1, 31, 12, 0, tzinfo=timezone.utc)
+    ident = uuid.uuid4()
+    with Connection(url) as conn:
+        q = conn.SimpleQueue("typed")
+        q.put({"when": when, "id": ident}, headers={"sent": when})
+        q.put({"plain": [1, "two", None]}, headers={"x": "y"})
+        typed = q.get(timeout=5)
+        plain = q.get(timeout=5)
+        assert typed.payload == {"when": when, "id": ident}
+        assert typed.headers["sent"] == when
+        assert plain.payload == {"plain": [1, "two", None]} and plain.headers["x"] == "y"
+        typed.ack()
+        plain.ack()
+        q.close()
