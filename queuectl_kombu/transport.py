@@ -685,25 +685,26 @@ class Transport(virtual.Transport):
         # writes that fail (disk full) are tried again once a second, not at every turn
         wait = (RETRY_FAILED if failing else COALESCE) - (time.monotonic() - self._last_flush)
         if (failing or pending < ACK_BATCH) and wait > 0 and self._loop is not None:
-            self.call_again(wait)
+            self.call_again(wait, on_tick=True)
             return
         self._last_flush = time.monotonic()
         for channel in self.channels:
             if channel.has_pending_writes():
                 channel.flush_acks()
 
-    def call_again(self, delay: float) -> None:
+    def call_again(self, delay: float, *, on_tick: bool = False) -> None:
         """Run flush_acks and on_change again in `delay` seconds (one timer at a time).
 
         The hub computes its poll timeout before it runs on_tick (where flush_acks runs), so a
-        timer added there would wait for the next event or for the 1 s timer: with no other
-        descriptor busy (a threads pool) every prefetch window stalled ~1 s. The wake pipe makes
-        the poll return at once and the next turn of the loop sees the new timer.
+        timer added there (`on_tick`) would wait for the next event or for the 1 s timer: with
+        no other descriptor busy (a threads pool) every prefetch window stalled ~1 s. The wake
+        pipe makes the poll return at once and the next turn of the loop sees the new timer.
         """
         if self._loop is None or self._again_timer is not None:
             return
         self._again_timer = self._loop.call_later(delay, self._again)
-        self.wake()
+        if on_tick:
+            self.wake()
 
     def wake(self) -> None:
         """Make the event loop's poll return now; its next turn delivers what it can."""
