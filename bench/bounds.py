@@ -2,6 +2,8 @@
 
     python3 bench/bounds.py [--rounds 3] [--n 3000] [--bulk 100000] [--output FILE.json]
 
+The figures are printed and written to bench/results/bounds.json (or --output).
+
 enqueue
     Microseconds per ``app.send_task`` of the no-op task through one producer (bench/run.py's
     `enqueue`), on kombu's in-memory transport (``memory://``: Celery's and kombu's own work with
@@ -178,8 +180,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--n", type=int, default=3000, help="tasks sent per peer and round")
     parser.add_argument("--bulk", type=int, default=100_000, help="jobs of the bulk file")
-    parser.add_argument("--output", help="also write the figures to this JSON file")
+    parser.add_argument("--output", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bounds.json"),
+                        help="where the figures go as JSON (bench/results/bounds.json)")
     args = parser.parse_args()
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
     enq = enqueue_bounds(args.rounds, args.n)
     print(f"enqueue: send_task of a no-op task, one producer, median of {args.rounds} rounds of {args.n}")
@@ -207,9 +211,10 @@ def main() -> None:
     print(f"  the whole command                {bb['cli_s']:.2f} s  ({bb['cli_jobs_per_s']:,.0f} jobs/s)")
     print(f"  start-up + insert alone          {bb['startup_s'] + bb['insert_s']:.2f} s  "
           f"(a ceiling of {bb['ceiling_jobs_per_s']:,.0f} jobs/s with free parsing and building)")
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump({"enqueue": enq, "bulk": bb, "rounds": args.rounds}, f, indent=1)
+    with open(args.output, "w") as f:
+        json.dump({"started": started, "rounds": args.rounds, "n": args.n, "enqueue": enq, "bulk": bb}, f, indent=1)
+        f.write("\n")
+    print(f"figures: {os.path.relpath(args.output)}")
 
 
 if __name__ == "__main__":
