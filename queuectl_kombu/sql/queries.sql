@@ -117,8 +117,11 @@ WHERE state = 'processing' AND lease_expires_at < :now
 RETURNING id, task_id, state, attempts
 
 -- name: prune_completed
+-- INDEXED BY: without statistics SQLite took jobs_state and read every completed row (900,000
+-- in a file of 1M jobs) every 30 s; jobs_completed reads only the rows to delete.
 DELETE FROM jobs WHERE id IN (
-    SELECT id FROM jobs WHERE state = 'completed' AND updated_at < :cutoff LIMIT :limit
+    SELECT id FROM jobs INDEXED BY jobs_completed
+    WHERE state = 'completed' AND updated_at < :cutoff LIMIT :limit
 )
 
 -- name: queue_size
@@ -195,10 +198,14 @@ DELETE FROM consumers WHERE last_seen < :cutoff
 DELETE FROM consumers WHERE queue = :name
 
 -- name: has_expired_messages
-SELECT 1 FROM jobs WHERE expires_at <= :now AND state IN ('pending', 'failed') LIMIT 1
+-- Asked every second by every worker: INDEXED BY, because SQLite otherwise took jobs_state and
+-- read every waiting row (a backlog of 100,000 pending jobs made it 18 % of a worker's CPU).
+SELECT 1 FROM jobs INDEXED BY jobs_expiring
+WHERE expires_at IS NOT NULL AND expires_at <= :now AND state IN ('pending', 'failed') LIMIT 1
 
 -- name: delete_expired_messages
-DELETE FROM jobs WHERE expires_at <= :now AND state IN ('pending', 'failed')
+DELETE FROM jobs INDEXED BY jobs_expiring
+WHERE expires_at IS NOT NULL AND expires_at <= :now AND state IN ('pending', 'failed')
 
 -- name: declare_exchange
 INSERT INTO exchanges (name, type, durable, auto_delete, arguments)

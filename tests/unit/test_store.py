@@ -324,3 +324,44 @@ def test_a_write_inside_a_write_joins_it(store: JobStore) -> None:
     with store.db.write():
         store.declare_queue("inner", None)
     assert store.has_queue("inner")
+
+
+def _vm_steps(store: JobStore, work) -> int:
+    """SQLite virtual-machine instructions (in hundreds) that `work` runs on the store's connection."""
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    conn = store.db.connection()
+    conn.set_progress_handler(count, 100)
+    try:
+        work()
+    finally:
+        conn.set_progress_handler(None, 100)
+    return steps[0]
+
+
+@pytest.mark.parametrize("backlog", ["completed", "pending"])
+def test_housekeeping_reads_only_what_it_changes(store: JobStore, clock, backlog: str) -> None:
+    """What every worker runs every second (expiry) and every 30 s (pruning) must not read the
+    rows it leaves alone: without statistics SQLite took the jobs_state index and read every
+    completed row to prune none (900,000 in a file of 1M jobs), and every waiting row to find
+    no expired message (18 % of a worker's CPU with a backlog of 100,000)."""
+    def grow(n: int) -> None:
+        ids = store.publish_many([NewJob("q", "{}") for _ in range(n)])
+        if backlog == "completed":
+            claimed = store.claim(["q"], n, "w", 60)
+            assert store.ack_many([j.id for j in claimed], "w", retention=3600) == []
+        assert len(ids) == n
+
+    def housekeeping() -> None:
+        assert store.prune_completed(retention=3600) == 0
+        assert store.expire() == ([], 0)
+
+    grow(100)
+    small = _vm_steps(store, housekeeping)
+    grow(20_000)
+    large = _vm_steps(store, housekeeping)
+    assert large <= small + 5, (small, large)  # a scan of 20,000 rows is thousands of hundreds
