@@ -1,10 +1,11 @@
 """Profile a worker's main process during a drain: where its CPU goes, per task.
 
     python3 bench/profile.py [--peer queuectl] [--pool prefork] [--acks-late] [--n 20000]
-                             [--top 25] [--output FILE.txt]
+                             [--fill JOBS] [--top 25] [--output FILE.txt]
 
 Publishes n no-op tasks (bench/run.py's `drain`), starts the bench worker, and samples its main
-process with py-spy (``pip install -e '.[bench]'``) until the drain ends. Prints the drain rate,
+process with py-spy (with --fill, queuectl's file first gets that many jobs, as the scale
+workloads fill it) (``pip install -e '.[bench]'``) until the drain ends. Prints the drain rate,
 the main process's CPU time per task, and the functions with the largest share of the samples,
 by their own time and by their time with what they call; ``--output`` keeps py-spy's raw stacks.
 """
@@ -25,7 +26,7 @@ import psutil
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 
 from bench.peers import PEERS  # noqa: E402
-from bench.workloads import Run, publish  # noqa: E402
+from bench.workloads import Run, fill, publish  # noqa: E402
 
 
 def shares(raw: str) -> tuple[int, collections.Counter[str], collections.Counter[str]]:
@@ -51,6 +52,7 @@ def main() -> None:
     parser.add_argument("--pool", default="prefork", choices=("prefork", "threads"))
     parser.add_argument("--acks-late", action="store_true")
     parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--fill", type=int, default=0, help="jobs put in queuectl's file first (scale-*)")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--output", help="keep py-spy's raw stacks in this file")
     args = parser.parse_args()
@@ -67,6 +69,8 @@ def main() -> None:
     run = Run(args.peer, broker, None, workdir, n=args.n, acks_late=args.acks_late, pool=args.pool)
     try:
         peer.reset(run.app)
+        if args.fill:
+            fill(run, args.fill)
         publish(run, args.n)
         worker = run.worker()
         main_process = psutil.Process(worker.proc.pid)
