@@ -72,9 +72,10 @@ def _enqueue_file(path: str, batch_size: int | None, defaults: dict[str, Any]) -
     cli_state = state()
     total: int | None = None
     parsed: list[JobSpec] | None = None
-    # In batches, or into a database that does not exist yet (a bad file must not create one),
-    # the whole file is checked before anything is written; else it is checked as it is written.
-    if batch_size is not None or not cli_state.exists():
+    # In batches, into a database that does not exist yet (a bad file must not create one), or
+    # with a progress bar (its length), the whole file is checked before anything is written;
+    # else it is checked as it is written.
+    if batch_size is not None or not cli_state.exists() or sys.stderr.isatty():
         total, ids, parsed = bulk.validate_file(path, cached, defaults)
         if total == 0:
             return 0
@@ -87,8 +88,6 @@ def _enqueue_file(path: str, batch_size: int | None, defaults: dict[str, Any]) -
     first = next(specs, None)  # an empty file creates no database
     if first is None:
         return 0
-    if total is None and sys.stderr.isatty():  # the progress bar's length
-        total, _, _ = bulk.validate_file(path, cached, defaults)
     try:
         with _progress(total) as on_batch:
             return bulk.publish_file(cli_state.celery(), itertools.chain([first], specs), batch_size, on_batch)
