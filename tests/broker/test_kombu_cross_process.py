@@ -142,9 +142,15 @@ def test_competing_consumer_processes_get_each_message_once(env: Env) -> None:
         queue(conn.default_channel).declare()
         code = """
             got = []
+
+            def work(body, m):
+                time.sleep(0.02)  # the task's work: a loaded machine let one process take all 60
+                got.append(body)
+                m.ack()
+
             with Connection(URL) as conn:
                 queue = Queue("work", Exchange("work", "direct"), "work")
-                with Consumer(conn, [queue], callbacks=[lambda body, m: (got.append(body), m.ack())], prefetch_count=5):
+                with Consumer(conn, [queue], callbacks=[work], prefetch_count=5):
                     emit(ready=True)
                     while True:
                         try:
