@@ -4,7 +4,8 @@ Features
 ========
 * Every task state with result, traceback, date done, children; ``result_extended`` fields.
 * A SUCCESS stored first is kept: a redelivered copy of the task cannot overwrite it.
-* Groups (save, restore, delete); chords counted in the database (no ``celery.chord_unlock``).
+* Groups (save, restore, delete); chords counted in the database (no ``celery.chord_unlock``),
+  the body sent by the last part without waiting for any result (nested groups included).
 * ``AsyncResult.get()`` wakes when the result is committed (inotify on the -wal file), not on a
   half-second poll; ``join_native`` reads a whole group in one statement.
 * Results expire after ``result_expires`` without ``celery beat``.
@@ -46,7 +47,10 @@ from typing import Any
 from celery import states
 from celery.backends.base import KeyValueStoreBackend
 from celery.exceptions import ImproperlyConfigured, TimeoutError
-from celery.result import result_from_tuple
+from celery.backends.base import _create_chord_error_with_cause
+from celery.canvas import maybe_signature
+from celery.exceptions import ChordError
+from celery.result import GroupResult, ResultSet, result_from_tuple
 from kombu.utils.encoding import bytes_to_str
 
 from .results import ResultStore, Value, result_store
@@ -93,6 +97,10 @@ def _is_locked(exc: BaseException | None) -> bool:
                 return True
         exc = exc.__cause__
     return False
+
+
+class _NotReady(Exception):
+    """A chord header result that is not stored yet (its task id is the argument)."""
 
 
 class SQLiteBackend(KeyValueStoreBackend):
@@ -173,11 +181,8 @@ class SQLiteBackend(KeyValueStoreBackend):
             self._retrying(self.store.delete, key)
 
     def incr(self, key: str | bytes) -> int:
-        """Count one more chord part, atomically; within a chord part, each part counts once."""
-        member = getattr(self._chord_part, "member", None)
-        if member is None:
-            return self._retrying(self.store.incr, bytes_to_str(key), self.chord_expires)
-        return self._retrying(self.store.count_part, bytes_to_str(key), member, self.chord_expires)
+        """Add one to a counter, atomically."""
+        return self._retrying(self.store.incr, bytes_to_str(key), self.chord_expires)
 
     def expire(self, key: str | bytes, value: float | None) -> None:
         """Set a key's lifetime in seconds (0 or None: no expiry)."""
@@ -198,34 +203,135 @@ class SQLiteBackend(KeyValueStoreBackend):
             logger.info("task %s: kept the stored SUCCESS; %s not stored", task_id, state)
         return result
 
-    # -- chords: KeyValueStoreBackend's counting on_chord_part_return ---------------------------
+    # -- chords: counted in the database, the body sent by the last part, nobody waits ----------
 
     def _apply_chord_incr(self, header_result_args: Any, body: Any, **kwargs: Any) -> Any:
         # A frozen chord applied again reuses its group id but is a new run: start a new count.
         self._retrying(self.store.reset_counter, bytes_to_str(self.get_key_for_chord(header_result_args[0])))
         return super()._apply_chord_incr(header_result_args, body, **kwargs)
 
-    def on_chord_part_return(self, request: Any, state: str, result: Any, **kwargs: Any) -> Any:
-        """Count this header part (incr) and fire the body at the chord size: no chord_unlock task.
+    def set_chord_size(self, group_id: str, chord_size: int) -> None:
+        """Celery tells the number of parts (nested groups counted by their tasks) before it
+        publishes the last header task."""
+        key = bytes_to_str(self.get_key_for_chord(group_id))
+        self._retrying(self.store.set_chord_size, key, chord_size, self.chord_expires)
 
-        Celery's KeyValueStoreBackend logic, with each part counted once: a header task run
-        again (redelivered after its worker died) is recognised by its task id and header
-        index, and neither counts twice nor fails a chord that is already finished.
+    def add_to_chord(self, group_id: str, result: Any) -> None:
+        """``Task.add_to_chord``: the chord waits for one more part."""
+        key = bytes_to_str(self.get_key_for_chord(group_id))
+        self._retrying(self.store.grow_chord, key, self.chord_expires)
+
+    def on_chord_part_return(self, request: Any, state: str, result: Any, **kwargs: Any) -> Any:
+        """Count this header part; the part that completes the chord sends its body.
+
+        Never waits for a result: the part that makes the count reach the chord's size (which
+        Celery gives through set_chord_size, nested groups counted by their tasks) reads every
+        header result in one statement. Each part counts once, by task id and header index (a
+        redelivered copy counts nothing), and one statement decides which part sends the body.
         """
-        member = None
-        if request.group and request.id:
-            member = f"{request.id}:{getattr(request, 'group_index', None)}"
-            key = bytes_to_str(self.get_key_for_chord(request.group))
-            if self._retrying(self.store.part_counted, key, member):
-                logger.info("chord %s: part %s was counted already; not counting it again",
-                            request.group, request.id)
-                return None
+        gid, tid = request.group, request.id
+        if not gid or not tid:
+            return None
+        key = bytes_to_str(self.get_key_for_chord(gid))
+        member = f"{tid}:{getattr(request, 'group_index', None)}"
+        count, size = self._retrying(self.store.count_chord_part, key, member, self.chord_expires)
+        if not count:
+            logger.info("chord %s: part %s was counted already; not counting it again", gid, tid)
+            return None
+        if size is None:
+            size = (request.chord or {}).get("chord_size")
+        if size is not None and count < size:
+            self.expire(self.get_key_for_group(gid), self._chord_result_expires)
+            self.expire(self.get_key_for_task(tid), self._chord_result_expires)
+            return None
         part = self._chord_part
-        part.active, part.member = True, member
+        part.active = True
         try:
-            return super().on_chord_part_return(request, state, result, **kwargs)
+            deps = GroupResult.restore(gid, backend=self)
+        except Exception as exc:  # noqa: BLE001 - Celery's own handling of an unreadable group
+            logger.exception("Chord %r raised: %r", gid, exc)
+            return self._fail_chord(request, ChordError(f"Cannot restore group: {exc!r}"))
         finally:
-            part.active, part.member = False, None
+            part.active = False
+        if deps is None:
+            logger.error("Chord %r: its group result no longer exists", gid)
+            return self._fail_chord(request, ChordError(f"GroupResult {gid} no longer exists"))
+        try:
+            values = self._header_values(deps)
+        except _NotReady as waiting:
+            # Only when the size is not known (a chord applied by another Celery): a later part sends it.
+            logger.info("chord %s: %d parts counted, %s has no result yet", gid, count, waiting)
+            return None
+        if not self._retrying(self.store.claim_counter, key, self.chord_expires):
+            return None  # another part that completed the chord at the same time sends it
+        self._send_chord_body(gid, request, deps, values)
+        return None
+
+    def _fail_chord(self, request: Any, error: ChordError) -> Any:
+        """Fail the chord's body with `error` (Celery takes the traceback from the current stack)."""
+        try:
+            raise error
+        except ChordError as exc:
+            return self.chord_error_from_stack(maybe_signature(request.chord, app=self.app), exc)
+
+    def _send_chord_body(self, gid: str, request: Any, deps: Any, values: Any) -> None:
+        callback = maybe_signature(request.chord, app=self.app)
+        try:
+            if isinstance(values, ChordError):
+                logger.error("Chord %r raised: %r", gid, str(values))
+                self._fail_chord(request, values)
+                return
+            try:
+                self.app.amqp._retry_publish(callback.delay, values)
+            except Exception as exc:  # noqa: BLE001 - the body fails with the reason, as in Celery
+                logger.exception("Chord %r raised: %r", gid, exc)
+                self.chord_error_from_stack(
+                    callback=callback,
+                    exc=_create_chord_error_with_cause(message=f"Callback error: {exc!r}", original_exc=exc),
+                )
+        finally:
+            deps.delete()
+            # The chord is done: give the header results back their normal lifetime.
+            for dep in deps.results:
+                self.expire(self.get_key_for_task(dep.id), self.expires)
+
+    def _header_values(self, deps: Any) -> Any:
+        """The values a chord body receives, read without waiting (nested groups as lists).
+
+        A ChordError (naming the first header result that failed, in header order, as Celery's
+        join does) when a part failed; _NotReady when some part has no result yet.
+        """
+        leaves: list[Any] = []
+
+        def collect(results: Any) -> None:
+            for r in results.results:
+                if isinstance(r, ResultSet):
+                    collect(r)
+                else:
+                    leaves.append(r)
+
+        collect(deps)
+        ids = [r.id for r in leaves]
+        metas = {}
+        for task_id, raw in zip(ids, self.mget([self.get_key_for_task(i) for i in ids])):
+            if raw is not None:
+                metas[task_id] = self.decode_result(raw)
+        for task_id in ids:
+            meta = metas.get(task_id)
+            if meta is None or meta["status"] not in states.READY_STATES:
+                raise _NotReady(task_id)
+        for task_id in ids:
+            meta = metas[task_id]
+            if meta["status"] in states.PROPAGATE_STATES:
+                exc = meta["result"]
+                return _create_chord_error_with_cause(
+                    message=f"Dependency {task_id} raised {exc!r}", original_exc=exc,
+                )
+
+        def values(results: Any) -> list[Any]:
+            return [values(r) if isinstance(r, ResultSet) else metas[r.id]["result"] for r in results.results]
+
+        return values(deps)
 
     def _restore_group(self, group_id: str) -> dict[str, Any] | None:
         # Every part of a chord restores the whole header group only to see that it still
@@ -252,15 +358,6 @@ class SQLiteBackend(KeyValueStoreBackend):
     def _delete_group(self, group_id: str) -> None:
         self._groups.pop(bytes_to_str(self.get_key_for_group(group_id)), None)
         super()._delete_group(group_id)
-
-    def is_cached(self, task_id: str) -> bool:
-        """Every stored state is one read away.
-
-        Celery asks this only to name the culprit of a failed chord (``_failed_join_report``);
-        with Celery's default ``result_cache_max = -1`` the answer would always be no, and the
-        body's ChordError would lose the "Dependency <id> raised ..." that Redis gives it.
-        """
-        return True
 
     def cleanup(self) -> None:
         """Delete every expired result now (writes also do it every purge_interval seconds)."""

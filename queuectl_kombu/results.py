@@ -35,6 +35,12 @@ def _expires_at(now: float, expires: float | None) -> float | None:
     return now + float(expires) if expires and expires > 0 else None
 
 
+#: Members of a chord counter's marks that are not header parts: its size, and the parts added
+#: since (a part's member is "<task id>:<index>", which never starts with char(30)).
+SIZE_MARK = "\x1esize"
+EXTRA_MARK = "\x1eextra"
+
+
 def _part_key(key: str, member: str) -> str:
     # Sorts right after `key`, so result_delete_parts finds a counter's marks by range.
     return f"{key}\x1f{member}"
@@ -131,19 +137,65 @@ class ResultStore:
             counter = int(conn.execute(Q["result_incr"], params).fetchone()[0])
         return counter
 
-    def count_part(self, key: str, member: str, expires: float | None = None) -> int:
-        """Count `member` toward counter `key` once: the new count, or 0 if counted before or finished."""
+    def count_chord_part(
+        self, key: str, member: str, expires: float | None = None
+    ) -> tuple[int, int | None]:
+        """Count `member` toward chord counter `key` once, and read the chord's size, in one transaction.
+
+        Returns (count, size): count is 0 when `member` was counted before or the chord is
+        finished; size is None while Celery has not set it yet (set_chord_size).
+        """
         now = self.clock()
         expires_at = _expires_at(now, expires)
         with self.db.write() as conn:
             if conn.execute(Q["result_counter_done"], {"key": key, "now": now}).fetchone():
-                return 0
+                return 0, None
             mark = {"part_key": _part_key(key, member), "expires_at": expires_at, "now": now}
             if not conn.execute(Q["result_mark_part"], mark).rowcount:
-                return 0
+                return 0, None
             params = {"key": key, "expires_at": expires_at, "now": now}
             counter = int(conn.execute(Q["result_incr"], params).fetchone()[0])
-        return counter
+            size = self._chord_size(conn, key, now)
+        return counter, size
+
+    def set_chord_size(self, key: str, size: int, expires: float | None = None) -> None:
+        """Record how many parts chord counter `key` waits for (tasks added later count on top)."""
+        now = self.clock()
+        params = {"key": _part_key(key, SIZE_MARK), "counter": int(size),
+                  "expires_at": _expires_at(now, expires), "now": now}
+        with self.db.write() as conn:
+            conn.execute(Q["result_set_counter"], params)
+
+    def grow_chord(self, key: str, expires: float | None = None) -> None:
+        """One more part for chord counter `key` (Celery's Task.add_to_chord)."""
+        now = self.clock()
+        params = {"key": _part_key(key, EXTRA_MARK), "expires_at": _expires_at(now, expires), "now": now}
+        with self.db.write() as conn:
+            conn.execute(Q["result_incr"], params)
+
+    def chord_size(self, key: str) -> int | None:
+        """The parts chord counter `key` waits for, or None while it is not known."""
+        return self._chord_size(self.db.connection(), key, self.clock())
+
+    @staticmethod
+    def _chord_size(conn: sqlite3.Connection, key: str, now: float) -> int | None:
+        size_key = _part_key(key, SIZE_MARK)
+        rows = dict(conn.execute(
+            Q["result_chord_size"], {"size_key": size_key, "extra_key": _part_key(key, EXTRA_MARK), "now": now}
+        ).fetchall())
+        if size_key not in rows:
+            return None
+        return int(sum(rows.values()))
+
+    def claim_counter(self, key: str, expires: float | None = None) -> bool:
+        """Finish chord counter `key` if no one has: True for the one caller that should send the body."""
+        now = self.clock()
+        params = {"key": key, "expires_at": _expires_at(now, expires), "now": now}
+        with self.db.write() as conn:
+            won = conn.execute(Q["result_claim_counter"], params).rowcount > 0
+            if won:
+                conn.execute(Q["result_delete_parts"], {"key": key})
+        return won
 
     def part_counted(self, key: str, member: str) -> bool:
         """Whether `member` was counted toward `key` already, or the counter is finished."""

@@ -81,6 +81,25 @@ SET state = 'done', expires_at = excluded.expires_at, updated_at = excluded.upda
 -- The part marks of a counter: keys that extend it with char(31) and a member.
 DELETE FROM results WHERE key > :key || char(31) AND key < :key || char(32)
 
+-- name: result_set_counter
+-- A chord's size (a mark keyed <counter key> || char(31) || char(30) || 'size'): replaced, not added to.
+INSERT INTO results (key, value, state, counter, expires_at, updated_at)
+VALUES (:key, NULL, NULL, :counter, :expires_at, :now)
+ON CONFLICT (key) DO UPDATE
+SET counter = excluded.counter, value = NULL, state = NULL, expires_at = excluded.expires_at,
+    updated_at = excluded.updated_at
+
+-- name: result_chord_size
+-- The size Celery gave a chord (set_chord_size) plus the tasks added to it since (add_to_chord);
+-- no row: the size is not known yet (Celery sets it just before it publishes the last header task).
+SELECT key, counter FROM results
+WHERE key IN (:size_key, :extra_key) AND (expires_at IS NULL OR expires_at > :now)
+
+-- name: result_claim_counter
+-- The one part that sends a chord's body: turns the live counter to 'done' only if it was not.
+UPDATE results SET state = 'done', expires_at = :expires_at, updated_at = :now
+WHERE key = :key AND state IS NOT 'done' AND (expires_at IS NULL OR expires_at > :now)
+
 -- name: result_expire
 -- A new expiry time for a live key (NULL: keep it until it is deleted).
 UPDATE results SET expires_at = :expires_at, updated_at = :now

@@ -129,31 +129,31 @@ def test_incr_from_many_threads_loses_no_count(db_path: str) -> None:
 
 
 def test_count_part_counts_each_member_once(store: ResultStore) -> None:
-    assert store.count_part("c", "a:0") == 1
-    assert store.count_part("c", "a:0") == 0  # the same part again
-    assert store.count_part("c", "a:1") == 2  # the same task id at another header index
+    assert store.count_chord_part("c", "a:0")[0] == 1
+    assert store.count_chord_part("c", "a:0")[0] == 0  # the same part again
+    assert store.count_chord_part("c", "a:1")[0] == 2  # the same task id at another header index
     assert store.part_counted("c", "a:0") and not store.part_counted("c", "b:2")
-    assert store.count_part("c", "b:2") == 3
+    assert store.count_chord_part("c", "b:2")[0] == 3
 
 
 def test_a_finished_counter_counts_nothing_more(store: ResultStore, clock) -> None:
-    store.count_part("c1", "a:0")
-    store.count_part("c10", "a:0")  # another counter whose key extends this one's
+    store.count_chord_part("c1", "a:0")
+    store.count_chord_part("c10", "a:0")  # another counter whose key extends this one's
     store.finish_counter("c1", expires=100)
     assert store.part_counted("c1", "z:9")  # finished: every part counts as counted
-    assert store.count_part("c1", "z:9") == 0
+    assert store.count_chord_part("c1", "z:9")[0] == 0
     assert store.count() == 3  # c1 (done), c10 and c10's mark: c1's mark went
     assert store.part_counted("c10", "a:0")
     clock.advance(101)
-    assert store.count_part("c1", "z:9") == 1  # the 'done' mark expired with the counter
+    assert store.count_chord_part("c1", "z:9")[0] == 1  # the 'done' mark expired with the counter
 
 
 def test_reset_counter_starts_again(store: ResultStore) -> None:
-    store.count_part("c", "a:0")
+    store.count_chord_part("c", "a:0")
     store.finish_counter("c")
     store.reset_counter("c")
     assert store.count() == 0
-    assert store.count_part("c", "a:0") == 1
+    assert store.count_chord_part("c", "a:0")[0] == 1
 
 
 def test_expire_changes_a_live_key_only(store: ResultStore, clock) -> None:
@@ -201,3 +201,26 @@ def test_result_store_is_shared_per_path(tmp_path) -> None:
     assert a is b
     assert a is not c
     results_mod._stores.clear()
+
+
+def test_a_chord_size_is_unknown_until_set_and_grows_with_added_parts(store: ResultStore, clock) -> None:
+    assert store.count_chord_part("c", "a:0") == (1, None)  # counted before Celery set the size
+    store.set_chord_size("c", 3, expires=100)
+    assert store.count_chord_part("c", "b:1") == (2, 3)
+    store.grow_chord("c", expires=100)  # Task.add_to_chord
+    store.grow_chord("c", expires=100)
+    assert store.chord_size("c") == 5
+    store.set_chord_size("c", 3, expires=100)  # set again: the added parts still count on top
+    assert store.count_chord_part("c", "c:2") == (3, 5)
+    assert store.chord_size("other") is None
+
+
+def test_only_one_caller_claims_a_counter(store: ResultStore) -> None:
+    store.set_chord_size("c", 1)
+    assert store.count_chord_part("c", "a:0") == (1, 1)
+    assert store.claim_counter("c", expires=100)
+    assert not store.claim_counter("c", expires=100)  # a second part that saw the chord complete
+    assert store.count_chord_part("c", "b:1") == (0, None)  # finished: counts nothing more
+    assert store.chord_size("c") is None  # the marks went with the claim
+    store.reset_counter("c")  # the chord applied again: a new run
+    assert store.count_chord_part("c", "a:0") == (1, None)
