@@ -376,6 +376,10 @@ class SQLiteBackend(KeyValueStoreBackend):
             stamp = self.store.change_stamp()
             meta = self.get_task_meta(task_id)
             if meta["status"] in states.READY_STATES:
+                if on_interval and meta["status"] in states.PROPAGATE_STATES:
+                    # get() raises a failed parent's own error (a chord header task's, not the
+                    # body's ChordError) through on_interval, also when both were stored at once.
+                    on_interval()
                 return meta
             if on_interval:
                 on_interval()

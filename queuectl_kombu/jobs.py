@@ -71,3 +71,5 @@ class ClaimedJob:
     attempts: int
     task_id: str | None
     payload: str
+    #: Claims of this message so far, this one included (a requeue does not take one back).
+    deliveries: int = 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import json
 import logging
@@ -53,6 +54,21 @@ class NewJob:
     task_name: str | None = None
     max_retries: int | None = None
     expires_at: float | None = None
+
+
+def _shares(conn: Any, queues: Sequence[str], limit: int, now: float) -> dict[str, int]:
+    """How many of the first `limit` ready jobs across `queues` each queue holds, in claim order
+    (priority, then publication): a claim over several queues takes what was published first,
+    not everything of the first queue."""
+    heads = [
+        [(-priority, job_id, queue) for priority, job_id in
+         conn.execute(Q["ready_order"], {"queue": queue, "now": now, "limit": limit})]
+        for queue in queues
+    ]
+    shares: dict[str, int] = {}
+    for _, _, queue in itertools.islice(heapq.merge(*heads), limit):
+        shares[queue] = shares.get(queue, 0) + 1
+    return shares
 
 
 class JobStore:
@@ -205,7 +221,7 @@ class JobStore:
     ) -> list[ClaimedJob]:
         """Move up to `limit` due jobs of `queues` to processing under a lease, in one transaction.
 
-        Higher priority first, then FIFO; queues are taken in the order given.
+        Higher priority first, then FIFO across all of `queues` (publication order).
         """
         return self._claim("claim", queues, limit, owner, lease_seconds)
 
@@ -223,7 +239,8 @@ class JobStore:
             return []
         claimed: list[ClaimedJob] = []
         with self.db.write() as conn:
-            for queue in ready:
+            shares = {ready[0]: limit} if len(ready) == 1 else _shares(conn, ready, limit, now)
+            for queue, share in shares.items():
                 rows = conn.execute(
                     Q[statement],
                     {
@@ -231,13 +248,11 @@ class JobStore:
                         "now": now,
                         "owner": owner,
                         "lease_expires_at": now + lease_seconds,
-                        "limit": limit - len(claimed),
+                        "limit": share,
                     },
                 ).fetchall()
-                batch = sorted((ClaimedJob(*row) for row in rows), key=lambda j: (-j.priority, j.id))
-                claimed.extend(batch)
-                if len(claimed) >= limit:
-                    break
+                claimed.extend(ClaimedJob(*row) for row in rows)
+        claimed.sort(key=lambda j: (-j.priority, j.id))
         if claimed:
             self._committed()
             if logger.isEnabledFor(logging.INFO):
@@ -245,6 +260,14 @@ class JobStore:
                 for job in claimed:
                     logger.info("job %d: %s (attempt %d, %s)", job.id, verb, job.attempts, owner)
         return claimed
+
+    def scheduled(self, queues: Sequence[str], limit: int = 1000) -> list[tuple[Any, ...]]:
+        """Waiting jobs of `queues` that are not due yet, soonest first:
+        (id, queue, priority, next_run_at, deliveries, payload)."""
+        if not queues:
+            return []
+        params = {"queues": json.dumps(list(queues)), "now": self.clock(), "limit": limit}
+        return [tuple(row) for row in self.db.connection().execute(Q["scheduled_jobs"], params)]
 
     def next_due(self, queues: Sequence[str]) -> float | None:
         """When the earliest waiting job of `queues` becomes due, or None if none waits."""

@@ -355,7 +355,7 @@ class Channel(virtual.Channel):
         props = message.setdefault("properties", {})
         props["delivery_tag"] = f"{claimed.id}:{next(_tags)}"
         info = props.setdefault("delivery_info", {})
-        info["redelivered"] = claimed.attempts > 1
+        info["redelivered"] = claimed.deliveries > 1  # any delivery after the first
         return message
 
     def _claim_soon(self, room: int | None) -> bool:
@@ -405,26 +405,41 @@ class Channel(virtual.Channel):
             raise Empty()  # nothing was committed and nothing came due since the last empty claim
         acked = [q for q in self._active_queues if q not in self._no_ack_queues]
         unacked = [q for q in self._active_queues if q in self._no_ack_queues]
-        claimed = self.store.take(unacked, most) if unacked else []
+        taken = self.store.take(unacked, most) if unacked else []
         room = self.qos.can_consume_max_estimate()
-        limit = min(most - len(claimed), self.prefetch_batch if room is None else room)
-        if acked and limit > 0 and not claimed and self._claim_soon(room):
+        limit = min(most - len(taken), self.prefetch_batch if room is None else room)
+        if acked and limit > 0 and not taken and self._claim_soon(room):
             raise Empty()  # a claim a moment later (call_again) takes more messages at once
+        claimed = []
         if acked and limit > 0:
             self._last_claim = time.monotonic()
-            claimed += self._claim(acked, limit)
-        elif acked and not claimed and room == 0:
+            claimed = self._claim(acked, limit)
+        elif acked and not taken and room == 0:
             raise Empty()  # the prefetch window is full: an ack will wake us
-        if not claimed:
+        if not taken and not claimed:
             self._empty_stamp = stamp
             due = self.store.next_due(list(self._active_queues))
             self.next_due = math.inf if due is None else due
             raise Empty()
         self._empty_stamp = None
         self.next_due = math.inf
+        for job in taken:
+            callback(self._deliverable(job), job.queue)
+        if claimed:
+            # A control message (a revoke) committed while we claimed may have been published
+            # before some of the tasks we claimed: it is handed over first.
+            self.transport.deliver_control()
         for job in claimed:
             callback(self._deliverable(job), job.queue)
-        return len(claimed)
+        return len(taken) + len(claimed)
+
+    def deliver_unacked(self, callback: Any) -> int:
+        """Deliver every ready message of this channel's no-ack queues (control and broadcast)."""
+        unacked = [q for q in self._active_queues if q in self._no_ack_queues]
+        taken = self.store.take(unacked, self.prefetch_batch) if unacked else []
+        for job in taken:
+            callback(self._deliverable(job), job.queue)
+        return len(taken)
 
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
         """Consume from `queue`; starts the lease keeper of this connection."""
@@ -449,6 +464,10 @@ class Channel(virtual.Channel):
     def consumed_queues(self) -> list[str]:
         """The queues this channel consumes from."""
         return list(self._active_queues)
+
+    def consumes_without_ack(self) -> bool:
+        """Whether some queue of this channel is consumed with no_ack (control, broadcast, events)."""
+        return bool(self._no_ack_queues)
 
     def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
         """Complete the message's row (or delete it when retention is 0).
@@ -632,6 +651,9 @@ class Transport(virtual.Transport):
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         """Deliver when the WAL file changes (inotify) or a message comes due; no polling."""
         self.unregister_from_event_loop(connection, loop)
+        from . import control
+
+        control.install()  # a worker: `celery inspect scheduled` lists the ETA jobs held here too
         self._loop = loop
         self._loop_thread = threading.get_ident()
         loop.on_tick.add(self.flush_acks)
@@ -729,12 +751,20 @@ class Transport(virtual.Transport):
         """The database may have changed (or a timer fired): deliver whatever is ready."""
         if self._waiter is not None:
             self._waiter.drain()
-        for channel in list(self.channels):
+        # Control and broadcast messages (no-ack queues: pidbox, events) before tasks: a revoke
+        # published just before its task is handled before the task is, as with RabbitMQ and Redis.
+        for channel in sorted(self.channels, key=lambda ch: not ch.consumes_without_ack()):
             try:
                 channel.deliver(self._deliver, channel.prefetch_batch)
             except Empty:
                 pass
         self._schedule_due()
+
+    def deliver_control(self) -> None:
+        """Deliver what the no-ack queues (pidbox, broadcast) hold now, before claimed tasks."""
+        for channel in list(self.channels):
+            if channel.consumes_without_ack():
+                channel.deliver_unacked(self._deliver)
 
     def _schedule_due(self) -> None:
         due = min((ch.next_due for ch in self.channels), default=math.inf)

@@ -36,7 +36,7 @@ LIMIT 1
 
 -- name: claim
 UPDATE jobs
-SET state = 'processing', attempts = attempts + 1, lease_owner = :owner,
+SET state = 'processing', attempts = attempts + 1, deliveries = deliveries + 1, lease_owner = :owner,
     lease_expires_at = :lease_expires_at, updated_at = :now
 WHERE id IN (
     SELECT id FROM jobs
@@ -45,7 +45,24 @@ WHERE id IN (
     ORDER BY priority DESC, id
     LIMIT :limit
 )
-RETURNING id, queue, priority, attempts, task_id, payload
+RETURNING id, queue, priority, attempts, task_id, payload, deliveries
+
+-- name: ready_order
+-- The claim order of one queue's first :limit ready rows: a consumer of several queues merges
+-- them, so that it takes messages across its queues in the order they were published.
+SELECT priority, id FROM jobs
+WHERE queue = :queue AND state IN ('pending', 'failed') AND next_run_at <= :now
+  AND (expires_at IS NULL OR expires_at > :now)
+ORDER BY priority DESC, id
+LIMIT :limit
+
+-- name: scheduled_jobs
+-- Waiting rows of the JSON array :queues that are not due yet (ETA, countdown, retry backoff).
+SELECT id, queue, priority, next_run_at, deliveries, payload FROM jobs
+WHERE queue IN (SELECT value FROM json_each(:queues))
+  AND state IN ('pending', 'failed') AND next_run_at > :now
+ORDER BY next_run_at, id
+LIMIT :limit
 
 -- name: take
 -- For consumers that do not acknowledge (no_ack): the message leaves the queue as it is delivered.
@@ -57,7 +74,7 @@ WHERE id IN (
     ORDER BY priority DESC, id
     LIMIT :limit
 )
-RETURNING id, queue, priority, attempts + 1, task_id, payload
+RETURNING id, queue, priority, attempts + 1, task_id, payload, deliveries + 1
 
 -- name: next_due
 SELECT MIN(next_run_at) FROM jobs

@@ -1,5 +1,5 @@
--- The queuectl schema, version 1. Applied once to a new file; later versions migrate in place
--- (queuectl_kombu/sql/migrations/, PRAGMA user_version).
+-- The queuectl schema, version 2. Applied once to a new file; an older file migrates in place
+-- (queuectl_kombu/sql/migrate_N.sql brings version N - 1 to N; PRAGMA user_version).
 --
 -- A job is one message in one queue. Its states and the only transitions allowed
 -- (written down again in queuectl_kombu/states.py):
@@ -24,6 +24,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     priority         INTEGER NOT NULL DEFAULT 0,
     payload          TEXT    NOT NULL,
     attempts         INTEGER NOT NULL DEFAULT 0,
+    -- every claim counts, requeues included: a delivery after the first says redelivered
+    deliveries       INTEGER NOT NULL DEFAULT 0,
     max_retries      INTEGER,
     next_run_at      REAL    NOT NULL,
     lease_owner      TEXT,

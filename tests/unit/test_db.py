@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from queuectl_kombu import DatabaseUnusable, JobStore, NewJob
+from queuectl_kombu import DatabaseUnusable, JobStore, NewJob, sql
 from queuectl_kombu.db import Database
 
 
@@ -48,7 +48,7 @@ def test_new_database_is_private_with_wal(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(Path(str(path) + "-wal").stat().st_mode) == 0o600
     assert store.db.connection().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert store.db.connection().execute("PRAGMA user_version").fetchone()[0] == 1
+    assert store.db.connection().execute("PRAGMA user_version").fetchone()[0] == sql.SCHEMA_VERSION
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
@@ -112,16 +112,35 @@ def test_job_ids_are_never_reused(tmp_path: Path) -> None:
 
 
 def test_older_schema_migrates_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from queuectl_kombu import sql
-
     path = str(tmp_path / "q.db")
     JobStore(path).publish(NewJob(queue="q", payload="kept"))
-    monkeypatch.setattr(sql, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(sql, "MIGRATIONS", {2: "ALTER TABLE jobs ADD COLUMN note TEXT;"})
+    version = sql.SCHEMA_VERSION + 1
+    monkeypatch.setattr(sql, "SCHEMA_VERSION", version)
+    monkeypatch.setattr(sql, "MIGRATIONS", {**sql.MIGRATIONS, version: "ALTER TABLE jobs ADD COLUMN note TEXT;"})
     store = JobStore(path)
     conn = store.db.connection()
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == version
     assert [tuple(r) for r in conn.execute("SELECT payload, note FROM jobs")] == [("kept", None)]
+
+
+def test_a_version_1_file_gains_delivery_counts(tmp_path: Path) -> None:
+    """Version 2 counts deliveries (redelivered); a claimed row of a version 1 file counts its attempts."""
+    import sqlite3
+
+    path = str(tmp_path / "q.db")
+    store = JobStore(path)
+    store.publish_many([NewJob(queue="q", payload="claimed"), NewJob(queue="q", payload="waiting")])
+    (claimed,) = store.claim(["q"], 1, "owner", 30.0)
+    store.db.close()
+    old = sqlite3.connect(path)  # make it the file version 1 wrote
+    old.execute("ALTER TABLE jobs DROP COLUMN deliveries")
+    old.execute("PRAGMA user_version = 1")
+    old.commit()
+    old.close()
+    conn = JobStore(path).db.connection()
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    rows = conn.execute("SELECT payload, attempts, deliveries FROM jobs ORDER BY id").fetchall()
+    assert [tuple(r) for r in rows] == [("claimed", 1, 1), ("waiting", 0, 0)]
 
 
 def test_foreign_tables_are_refused(tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ import signal
 import time
 from typing import Any
 
-from celery import Celery, signals
-from celery.exceptions import Ignore
+from celery import Celery, group, signals
+from celery.exceptions import Ignore, Reject
 
 import queuectl_kombu  # noqa: F401  (registers the sqlite:// broker scheme)
 
@@ -37,6 +37,24 @@ def _append(path: str | None, line: str) -> None:
         os.write(fd, line.encode())
     finally:
         os.close(fd)
+
+
+#: The test process sets "task" (a task name) and "app": the next message of that task is
+#: published a second time, as a producer that retries a publish or RabbitMQ may duplicate it.
+DUPLICATE: dict[str, Any] = {"task": None, "app": None}
+
+
+@signals.before_task_publish.connect(weak=False)
+def _publish_twice(sender: str | None = None, body: Any = None, exchange: Any = None, routing_key: Any = None,
+                   headers: dict[str, Any] | None = None, properties: dict[str, Any] | None = None,
+                   **kwargs: Any) -> None:
+    if not DUPLICATE["task"] or (headers or {}).get("task") != DUPLICATE["task"]:
+        return
+    app, DUPLICATE["task"] = DUPLICATE["app"], None
+    kept = {k: v for k, v in (properties or {}).items() if k in ("correlation_id", "reply_to", "priority")}
+    with app.producer_or_acquire() as producer:
+        producer.publish(body, exchange=exchange or "", routing_key=routing_key, headers=dict(headers or {}),
+                         serializer="json", **kept)
 
 
 @signals.before_task_publish.connect(weak=False)
@@ -132,6 +150,39 @@ def register_tasks(app: Celery) -> None:
     @app.task(name="rt.ignored", ignore_result=True, shared=False)
     def ignored() -> str:
         return "not stored"
+
+    @app.task(name="rt.logged", bind=True, shared=False)
+    def logged(self: Any, tag: str, value: Any = None) -> Any:
+        """Records each run (``run <task id> <tag>`` in RTEST_EXECLOG), returns `value`."""
+        _append(os.environ.get("RTEST_EXECLOG"), f"run {self.request.id} {tag}\n")
+        return value
+
+    @app.task(name="rt.reject_first", bind=True, acks_late=True, shared=False)
+    def reject_first(self: Any) -> str:
+        """The idempotence idiom: requeue on the first delivery, run on a redelivery."""
+        _append(os.environ.get("RTEST_EXECLOG"), f"run {self.request.id} reject_first\n")
+        if not self.request.delivery_info.get("redelivered"):
+            raise Reject("first delivery", requeue=True)
+        return "redelivered"
+
+    @app.task(name="rt.replaced", bind=True, shared=False)
+    def replaced(self: Any, kind: str, x: int) -> Any:
+        """Replaces itself: with a chain (add 1, then double) or a group (x and x + 1)."""
+        if kind == "chain":
+            return self.replace(add.si(x, 1) | mul.s(2))
+        return self.replace(group(add.si(x, 0), add.si(x, 1)))
+
+    @app.task(name="rt.retry_once", bind=True, max_retries=3, shared=False)
+    def retry_once(self: Any) -> int:
+        if self.request.retries == 0:
+            raise self.retry(countdown=1)
+        return self.request.retries
+
+    @app.task(name="rt.stamps", bind=True, shared=False)
+    def stamps(self: Any) -> dict[str, Any]:
+        """The stamps this task was published with."""
+        stamps = getattr(self.request, "stamps", None) or {}
+        return {h: stamps.get(h) for h in sorted(self.request.stamped_headers or [])}
 
     @app.task(name="rt.redelivered", bind=True, acks_late=True, shared=False)
     def redelivered(self: Any, marker: str) -> str:
