@@ -234,7 +234,7 @@ class JobStore:
     ) -> list[ClaimedJob]:
         now = self.clock()
         conn = self.db.connection()
-        ready = [q for q in queues if conn.execute(Q["has_ready"], {"queue": q, "now": now}).fetchone()]
+        ready = [q for q in dict.fromkeys(queues) if conn.execute(Q["has_ready"], {"queue": q, "now": now}).fetchone()]
         if not ready or limit <= 0:
             return []
         claimed: list[ClaimedJob] = []

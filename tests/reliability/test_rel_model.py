@@ -141,15 +141,12 @@ class JobStoreMachine(RuleBasedStateMachine):
         return sorted(rows, key=lambda j: (-j.priority, j.id))
 
     def _select(self, queues: tuple[str, ...], limit: int) -> list[MJob]:
-        chosen: list[MJob] = []
+        """What a claim over `queues` takes: across all of them (a queue named twice counts once),
+        higher priority first, then publication (id) order."""
         if limit <= 0:
-            return chosen
-        for queue in queues:  # a queue named twice is claimed from twice: nothing is taken twice
-            batch = [j for j in self._ready(queue) if j not in chosen][: limit - len(chosen)]
-            chosen.extend(batch)
-            if len(chosen) >= limit:
-                break
-        return chosen
+            return []
+        ready = {j.id: j for queue in set(queues) for j in self._ready(queue)}
+        return sorted(ready.values(), key=lambda j: (-j.priority, j.id))[:limit]
 
     def _pick(self, data: st.DataObject, prefer: str | None) -> int:
         """A job id: usually one in state `prefer`, sometimes any id ever issued, or a new one."""

@@ -319,3 +319,67 @@ def test_kombu_typed_json_round_trips(url: str) -> None:
         typed.ack()
         plain.ack()
         q.close()
+
+
+def test_every_delivery_after_the_first_says_redelivered(url: str, db_path: str) -> None:
+    """A requeue (Reject(requeue=True), a shutdown hand-back) does not count as an attempt, but the
+    next delivery is still a redelivery, as on RabbitMQ."""
+    with Connection(url) as conn:
+        q = conn.SimpleQueue("jobs")
+        q.put("x")
+        first = q.get(timeout=2)
+        assert first.delivery_info["redelivered"] is False
+        first.requeue()
+        second = q.get(timeout=2)
+        assert second.delivery_info["redelivered"] is True
+        second.ack()
+        q.close()
+    (job,) = JobStore(db_path).list_jobs()
+    assert (job.state, job.attempts) == (JobState.COMPLETED, 1)
+
+
+def test_a_consumer_of_several_queues_takes_messages_in_publication_order(url: str) -> None:
+    with Connection(url) as conn:
+        producer = Producer(conn)
+        queues = [Queue("qa"), Queue("qb")]
+        for queue in queues:
+            queue(conn.default_channel).declare()
+        for body, queue in [("a1", "qa"), ("b1", "qb"), ("a2", "qa"), ("b2", "qb"), ("b3", "qb")]:
+            producer.publish(body, routing_key=queue)
+        received: list[str] = []
+        with Consumer(conn, queues, callbacks=[lambda body, m: (received.append(body), m.ack())]):
+            deadline = time.monotonic() + 30
+            while len(received) < 5 and time.monotonic() < deadline:
+                conn.drain_events(timeout=1)
+    assert received == ["a1", "b1", "a2", "b2", "b3"]
+
+
+def test_control_messages_are_delivered_before_tasks_published_after_them(url: str) -> None:
+    """On the event loop, a no-ack queue's messages (Celery's pidbox) are handed over before the
+    messages of acked queues, whatever the order of the channels: a revoke published just
+    before its task reaches the worker first."""
+    from kombu.asynchronous import Hub
+
+    hub = Hub()
+    received: list[str] = []
+    with Connection(url) as conn:
+        conn.connect()
+        conn.transport.register_with_event_loop(conn.connection, hub)
+        tasks = Consumer(conn.channel(), [Queue("tasks")], callbacks=[lambda body, m: (received.append(body), m.ack())])
+        control = Consumer(conn.channel(), [Queue("control")], no_ack=True,
+                           callbacks=[lambda body, m: received.append(body)])
+        tasks.consume()
+        control.consume()  # consumed second, on a channel made after the tasks' one
+        with Connection(url) as other:
+            producer = Producer(other)
+            for body, queue in [("revoke-1", "control"), ("task-1", "tasks"), ("revoke-2", "control"),
+                                ("task-2", "tasks")]:
+                producer.publish(body, routing_key=queue)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(received) < 4:
+            hub.run_once()
+        tasks.cancel()
+        control.cancel()
+        conn.transport.unregister_from_event_loop(conn.connection, hub)
+    hub.close()
+    assert received == ["revoke-1", "revoke-2", "task-1", "task-2"]
