@@ -27,7 +27,10 @@ def install() -> None:
     global _installed
     if _installed:
         return
-    from celery.worker import control
+    try:
+        from celery.worker import control
+    except ImportError:  # kombu without Celery: no remote control to extend
+        return
 
     celery_scheduled = control.Panel.data["scheduled"]
 

@@ -197,13 +197,6 @@ class ResultStore:
                 conn.execute(Q["result_delete_parts"], {"key": key})
         return won
 
-    def part_counted(self, key: str, member: str) -> bool:
-        """Whether `member` was counted toward `key` already, or the counter is finished."""
-        row = self.db.connection().execute(
-            Q["result_part_counted"], {"key": key, "part_key": _part_key(key, member), "now": self.clock()}
-        ).fetchone()
-        return row is not None
-
     def finish_counter(self, key: str, expires: float | None = None) -> None:
         """Mark a counter finished for `expires` seconds (it counts nothing more) and drop its part marks."""
         now = self.clock()

@@ -234,7 +234,9 @@ class JobStore:
     ) -> list[ClaimedJob]:
         now = self.clock()
         conn = self.db.connection()
-        ready = [q for q in dict.fromkeys(queues) if conn.execute(Q["has_ready"], {"queue": q, "now": now}).fetchone()]
+        ready = [  # a queue named twice is claimed from once
+            q for q in dict.fromkeys(queues) if conn.execute(Q["has_ready"], {"queue": q, "now": now}).fetchone()
+        ]
         if not ready or limit <= 0:
             return []
         claimed: list[ClaimedJob] = []

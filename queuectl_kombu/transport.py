@@ -410,7 +410,7 @@ class Channel(virtual.Channel):
         limit = min(most - len(taken), self.prefetch_batch if room is None else room)
         if acked and limit > 0 and not taken and self._claim_soon(room):
             raise Empty()  # a claim a moment later (call_again) takes more messages at once
-        claimed = []
+        claimed: list[Any] = []
         if acked and limit > 0:
             self._last_claim = time.monotonic()
             claimed = self._claim(acked, limit)

@@ -55,13 +55,6 @@ RETURNING counter
 SELECT 1 FROM results
 WHERE key = :key AND state = 'done' AND (expires_at IS NULL OR expires_at > :now)
 
--- name: result_part_counted
--- Whether a chord part was counted already, or its chord is finished.
-SELECT 1 FROM results
-WHERE (key = :part_key OR (key = :key AND state = 'done'))
-  AND (expires_at IS NULL OR expires_at > :now)
-LIMIT 1
-
 -- name: result_mark_part
 -- Marks one chord part counted; no row changes when it was marked before (and has not expired).
 INSERT INTO results (key, value, state, counter, expires_at, updated_at)

@@ -107,7 +107,9 @@ CREATE INDEX IF NOT EXISTS bindings_queue ON bindings (queue);
 --            it as it is, until it expires or is forgotten. A chord counter is 'done' once its body
 --            was sent; NULL for every other key.
 --   counter  chord counters: header tasks that have returned. Each part is counted once: a row
---            keyed <counter key> || char(31) || <task id>:<header index> marks it counted.
+--            keyed <counter key> || char(31) || <task id>:<header index> marks it counted. The
+--            chord's size and the parts added to it are marks too, their number in counter
+--            (members char(30) || 'size' and char(30) || 'extra').
 CREATE TABLE IF NOT EXISTS results (
     key          TEXT PRIMARY KEY,
     value        BLOB,
