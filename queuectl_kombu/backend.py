@@ -238,6 +238,7 @@ class SQLiteBackend(KeyValueStoreBackend):
         if not count:
             logger.info("chord %s: part %s was counted already; not counting it again", gid, tid)
             return None
+        known = size is not None  # Celery told the size (set_chord_size): every part has counted
         if size is None:
             size = (request.chord or {}).get("chord_size")
         if size is not None and count < size:
@@ -258,10 +259,14 @@ class SQLiteBackend(KeyValueStoreBackend):
             return self._fail_chord(request, ChordError(f"GroupResult {gid} no longer exists"))
         try:
             values = self._header_values(deps)
-        except _NotReady as waiting:
-            # Only when the size is not known (a chord applied by another Celery): a later part sends it.
-            logger.info("chord %s: %d parts counted, %s has no result yet", gid, count, waiting)
-            return None
+        except _NotReady as missing:
+            if not known:  # the size is a guess (a chord applied by another Celery): a later part sends it
+                logger.info("chord %s: %d parts counted, %s has no result yet", gid, count, missing)
+                return None
+            # Every part has counted, each after storing its result: this one was forgotten or
+            # expired. Celery's join would wait result_chord_join_timeout and fail the body; we
+            # fail it at once rather than wait inside a task.
+            values = ChordError(f"Dependency {missing} has no result")
         if not self._retrying(self.store.claim_counter, key, self.chord_expires):
             return None  # another part that completed the chord at the same time sends it
         self._send_chord_body(gid, request, deps, values)

@@ -481,3 +481,53 @@ def test_a_chord_part_run_twice_counts_once(db_path: str, app: Celery, backend: 
     assert len(_published(db_path, "rt.count")) == 1
     _part(app, backend, "z", "g4", body, 3, value=3)
     assert _published(db_path, "rt.count") == [[[1, 2, 3]], [[1, 2, 3]]]
+
+
+def _counted(app: Celery, backend: SQLiteBackend, task_id: str, gid: str, body: Any, index: int,
+             value: Any) -> None:
+    """A header part as Celery reports it: the size is not in the request (set_chord_size gave it)."""
+    from celery.app.task import Context
+
+    request = Context(id=task_id, group=gid, group_index=index, chord=dict(body), delivery_info={})
+    backend.mark_as_done(task_id, value, request=request)
+
+
+def test_a_chord_with_a_nested_group_waits_for_the_size_celery_gave(db_path: str, app: Celery,
+                                                                    backend: SQLiteBackend) -> None:
+    """Two header entries, three parts: the body is sent by the third, with the nested group's
+    values as a list, and no part ever waits for a result."""
+    body = app.signature("rt.count").set(task_id="body5")
+    inner = GroupResult("inner5", [AsyncResult("b", app=app), AsyncResult("c", app=app)], app=app)
+    backend.apply_chord(("g5", [AsyncResult("a", app=app), inner]), body)
+    backend.set_chord_size("g5", 3)
+    _counted(app, backend, "a", "g5", body, 0, 1)
+    _counted(app, backend, "b", "g5", body, 1, 2)  # two entries counted: not complete yet
+    assert _published(db_path, "rt.count") == []
+    _counted(app, backend, "c", "g5", body, 1, 3)
+    assert _published(db_path, "rt.count") == [[[1, [2, 3]]]]
+
+
+def test_add_to_chord_waits_for_one_more_part(db_path: str, app: Celery, backend: SQLiteBackend) -> None:
+    body = app.signature("rt.count").set(task_id="body6")
+    backend.apply_chord(("g6", [AsyncResult("a", app=app), AsyncResult("b", app=app)]), body)
+    backend.set_chord_size("g6", 1)
+    backend.add_to_chord("g6", AsyncResult("b", app=app))
+    _counted(app, backend, "a", "g6", body, 0, 1)
+    assert _published(db_path, "rt.count") == []
+    _counted(app, backend, "b", "g6", body, 0, 2)
+    assert _published(db_path, "rt.count") == [[[1, 2]]]
+
+
+def test_a_forgotten_part_fails_the_chord_at_once(db_path: str, app: Celery, backend: SQLiteBackend) -> None:
+    """Every part counted but one result gone: the body fails now (Celery's join would wait
+    result_chord_join_timeout inside the task, then fail it)."""
+    body = app.signature("rt.count").set(task_id="body7")
+    backend.apply_chord(("g7", [AsyncResult("a", app=app), AsyncResult("b", app=app)]), body)
+    backend.set_chord_size("g7", 2)
+    _counted(app, backend, "a", "g7", body, 0, 1)
+    backend.forget("a")
+    _counted(app, backend, "b", "g7", body, 1, 2)
+    meta = backend.get_task_meta("body7", cache=False)
+    assert meta["status"] == states.FAILURE
+    assert str(meta["result"]) == "Dependency a has no result"
+    assert _published(db_path, "rt.count") == []
