@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from queuectl_kombu import QueuectlError
+from queuectl_kombu import MAX_RETRIES_LIMIT, QueuectlError
 from queuectl_kombu.transport import MAX_RETRIES_HEADER
 
 #: Keys of the JSON job form.
@@ -141,7 +141,9 @@ def job_from_mapping(data: Any, where: str = "") -> JobSpec:
     return JobSpec(
         command=_text(where, "command", given["command"]),
         id=_text(where, "id", given["id"], limit=MAX_NAME) if "id" in given else None,
-        max_retries=_whole(where, "max_retries", given["max_retries"], 0) if "max_retries" in given else None,
+        max_retries=(
+            _whole(where, "max_retries", given["max_retries"], 0, MAX_RETRIES_LIMIT) if "max_retries" in given else None
+        ),
         priority=_whole(where, "priority", given["priority"], 0, MAX_PRIORITY) if "priority" in given else None,
         queue=queue,
         delay=_seconds(where, "delay", given["delay"], positive=False) if "delay" in given else None,

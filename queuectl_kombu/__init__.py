@@ -15,6 +15,7 @@ from .exceptions import (
     JobNotFound,
     QueuectlError,
 )
+from .settings import MAX_RETRIES_LIMIT
 from .states import JobState
 from .store import JobStore, NewJob
 
@@ -30,6 +31,7 @@ __all__ = [
     "JobNotFound",
     "JobState",
     "JobStore",
+    "MAX_RETRIES_LIMIT",
     "NewJob",
     "QueuectlError",
     "__version__",

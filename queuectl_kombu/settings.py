@@ -48,10 +48,13 @@ def _kind_name(kind: Callable[[Any], Any]) -> str:
     return "a whole number" if kind is int else "a number"
 
 
+#: The most retries a job may have (the config table's max_retries, a job's own, the x-max-retries header).
+MAX_RETRIES_LIMIT = 10_000
+
 SETTINGS: dict[str, Setting] = {
     s.name: s
     for s in (
-        Setting("max_retries", int, 3, 0, 10_000, "retries after the first run before a job is dead"),
+        Setting("max_retries", int, 3, 0, MAX_RETRIES_LIMIT, "retries after the first run before a job is dead"),
         Setting("backoff_base", float, 2.0, 1, 3600, "a failed job waits backoff_base ** attempts seconds"),
         Setting(
             "visibility_timeout", float, 30.0, 0, 7 * 86400, "seconds a claim's lease lasts unless renewed",

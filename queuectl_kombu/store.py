@@ -184,8 +184,11 @@ class JobStore:
                         f"message of {size} bytes for queue {job.queue!r} exceeds the limit "
                         f"of {MAX_PAYLOAD_BYTES} bytes"
                     )
-            if job.max_retries is not None and not 0 <= job.max_retries <= 10_000:
-                raise ValueError(f"max_retries must be a whole number from 0 to 10000, not {job.max_retries!r}")
+            if job.max_retries is not None and not 0 <= job.max_retries <= settings_mod.MAX_RETRIES_LIMIT:
+                raise ValueError(
+                    f"max_retries must be a whole number from 0 to {settings_mod.MAX_RETRIES_LIMIT}, "
+                    f"not {job.max_retries!r}"
+                )
         if unique_task_ids:
             self._check_new_task_ids(conn, [job.task_id for job in jobs if job.task_id is not None], seen)
         if len(jobs) == 1:

@@ -69,6 +69,7 @@ from . import signals  # noqa: F401  (records task errors on their rows)
 from .db import fork_guard
 from .exceptions import DatabaseUnusable
 from .notify import ChangeWaiter
+from .settings import MAX_RETRIES_LIMIT
 from .store import CONSUMER_HEARTBEAT, JobStore, NewJob
 
 logger = logging.getLogger(__name__)
@@ -149,8 +150,11 @@ def _max_retries_header(value: Any) -> int | None:
         number = int(value)
     except (TypeError, ValueError, OverflowError):
         number = -1
-    if isinstance(value, bool) or number != value and str(number) != str(value).strip() or not 0 <= number <= 10_000:
-        raise ValueError(f"message header {MAX_RETRIES_HEADER!r} must be a whole number from 0 to 10000, not {value!r}")
+    if (isinstance(value, bool) or number != value and str(number) != str(value).strip()
+            or not 0 <= number <= MAX_RETRIES_LIMIT):
+        raise ValueError(
+            f"message header {MAX_RETRIES_HEADER!r} must be a whole number from 0 to {MAX_RETRIES_LIMIT}, not {value!r}"
+        )
     return number
 
 
