@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -290,6 +292,25 @@ def test_reject_with_requeue_runs_again_as_redelivered(peer: Peer) -> None:
     assert peer.runs().count("reject_first") == 2
 
 
+def stop_between_writes(pid: int, path: str) -> None:
+    """SIGSTOP a worker's main process at a moment it holds no write transaction (its lease
+    keeper writes now and then): the test's publishes must not wait for a stopped writer."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        os.kill(pid, signal.SIGSTOP)
+        probe = sqlite3.connect(path, timeout=0.05, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            os.kill(pid, signal.SIGCONT)  # stopped inside a write: let it finish, stop it again
+            if time.monotonic() > deadline:
+                pytest.fail(f"the worker held the write lock of {path} for {WAIT} s")
+        finally:
+            probe.close()
+
+
 def test_a_revoke_sent_just_before_its_task_is_obeyed(peer: Peer) -> None:
     """Control messages are taken before task messages published after them.
 
@@ -299,7 +320,7 @@ def test_a_revoke_sent_just_before_its_task_is_obeyed(peer: Peer) -> None:
     if peer.name == "redis":
         pytest.skip("Redis sends a broadcast on a pub/sub socket and a task through a list: which one the "
                     "worker reads first is a race (the task won once in a full run), so it is not compared")
-    os.kill(peer.worker.proc.pid, signal.SIGSTOP)
+    stop_between_writes(peer.worker.proc.pid, peer.path)
     try:
         stamp = f"m-{uuid.uuid4().hex}"
         peer.app.control.revoke_by_stamped_headers({"monitoring_id": [stamp]}, destination=peer.destination())
