@@ -407,11 +407,10 @@ class Channel(virtual.Channel):
         stamp = self.store.change_stamp()
         if stamp == self._empty_stamp and time.time() < self.next_due:
             raise Empty()  # nothing was committed and nothing came due since the last empty claim
+        taken = self.deliver_unacked(callback, most)  # control and broadcast first
         acked = [q for q in self._active_queues if q not in self._no_ack_queues]
-        unacked = [q for q in self._active_queues if q in self._no_ack_queues]
-        taken = self.store.take(unacked, most) if unacked else []
         room = self.qos.can_consume_max_estimate()
-        limit = min(most - len(taken), self.prefetch_batch if room is None else room)
+        limit = min(most - taken, self.prefetch_batch if room is None else room)
         if acked and limit > 0 and not taken and self._claim_soon(room):
             raise Empty()  # a claim a moment later (call_again) takes more messages at once
         claimed: list[Any] = []
@@ -427,20 +426,19 @@ class Channel(virtual.Channel):
             raise Empty()
         self._empty_stamp = None
         self.next_due = math.inf
-        for job in taken:
-            callback(self._deliverable(job), job.queue)
         if claimed:
             # A control message (a revoke) committed while we claimed may have been published
             # before some of the tasks we claimed: it is handed over first.
             self.transport.deliver_control()
         for job in claimed:
             callback(self._deliverable(job), job.queue)
-        return len(taken) + len(claimed)
+        return taken + len(claimed)
 
-    def deliver_unacked(self, callback: Any) -> int:
-        """Deliver every ready message of this channel's no-ack queues (control and broadcast)."""
+    def deliver_unacked(self, callback: Any, most: int | None = None) -> int:
+        """Deliver up to `most` ready messages of this channel's no-ack queues (control and
+        broadcast: they leave the queue as they are delivered); how many."""
         unacked = [q for q in self._active_queues if q in self._no_ack_queues]
-        taken = self.store.take(unacked, self.prefetch_batch) if unacked else []
+        taken = self.store.take(unacked, self.prefetch_batch if most is None else most) if unacked else []
         for job in taken:
             callback(self._deliverable(job), job.queue)
         return len(taken)
@@ -756,7 +754,7 @@ class Transport(virtual.Transport):
         if self._waiter is not None:
             self._waiter.drain()
         # Control and broadcast messages (no-ack queues: pidbox, events) before tasks: a revoke
-        # published just before its task is handled before the task is, as with RabbitMQ and Redis.
+        # published just before its task is handled before the task is (Redis leaves it to a race).
         for channel in sorted(self.channels, key=lambda ch: not ch.consumes_without_ack()):
             try:
                 channel.deliver(self._deliver, channel.prefetch_batch)
