@@ -735,6 +735,12 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def _existing_task_id(conn: Any, task_ids: list[str]) -> str | None:
+    # json_each cuts a string at its first NUL ("a\x00b" would match a job whose id is "a"):
+    # such ids are compared one by one, as bound parameters, which keep the whole string.
+    for task_id in [t for t in task_ids if "\x00" in t]:
+        if conn.execute(Q["task_id_exists"], {"task_id": task_id}).fetchone() is not None:
+            return task_id
+    task_ids = [t for t in task_ids if "\x00" not in t]
     for start in range(0, len(task_ids), 10_000):
         row = conn.execute(Q["any_task_id_exists"], {"ids": json.dumps(task_ids[start:start + 10_000])}).fetchone()
         if row is not None:

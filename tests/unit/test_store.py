@@ -238,6 +238,19 @@ def test_unique_task_ids_refuse_a_duplicate_and_write_nothing(store: JobStore) -
     assert [j.task_id for j in store.list_jobs()] == ["job1"]
 
 
+def test_unique_task_ids_compare_ids_with_a_nul_whole(store: JobStore) -> None:
+    """An id with a NUL is not the id cut at the NUL (json_each cuts it): found by the fuzz test."""
+    publish(store)  # a message with no task id: stored as ''
+    publish(store, task_id="a")
+    store.publish_many([NewJob(queue="q", payload="{}", task_id="\x00")], unique_task_ids=True)
+    store.publish_many([NewJob(queue="q", payload="{}", task_id="a\x00b")], unique_task_ids=True)
+    with pytest.raises(DuplicateJob):
+        store.publish_many([NewJob(queue="q", payload="{}", task_id="a\x00b")], unique_task_ids=True)
+    assert store.existing_task_id(["x", "a\x00b"]) == "a\x00b"
+    assert store.existing_task_id(["a\x00c"]) is None
+    assert sorted(j.task_id or "" for j in store.list_jobs()) == ["", "\x00", "a", "a\x00b"]
+
+
 def test_find_job_by_task_id_or_row_id(store: JobStore) -> None:
     (a,) = publish(store, task_id="job1")
     assert store.find_job("job1").id == a
