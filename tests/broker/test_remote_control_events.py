@@ -231,8 +231,11 @@ def test_add_and_cancel_consumer(cluster: Cluster) -> None:
     extra = f"{cluster.ns}extra-{uuid.uuid4().hex[:6]}"
     replies = cluster.app.control.add_consumer(extra, destination=[w2.hostname], reply=True, timeout=INSPECT_TIMEOUT)
     assert replies == [{w2.hostname: {"ok": f"add consumer {extra}"}}]
-    names = {q["name"] for q in cluster.inspect(w2).active_queues()[w2.hostname]}
-    assert extra in names
+    # add_consumer replies first and adds the queue with call_soon, so the next inspect may not see it yet
+    def w2_queues() -> set[str]:
+        return {q["name"] for q in cluster.inspect(w2).active_queues()[w2.hostname]}
+
+    wait_for(lambda: extra in w2_queues(), 30, what="w2 consuming from the added queue")
     assert extra not in {q["name"] for q in cluster.inspect(cluster.w1).active_queues()[cluster.w1.hostname]}
     first = cluster.send("b.record", "extra-1", queue=extra)
     (run,) = wait_for(lambda: runs_of(env, first), 30, what="a task of the added queue")
@@ -241,7 +244,7 @@ def test_add_and_cancel_consumer(cluster: Cluster) -> None:
     replies = cluster.app.control.cancel_consumer(extra, destination=[w2.hostname], reply=True,
                                                   timeout=INSPECT_TIMEOUT)
     assert replies == [{w2.hostname: {"ok": f"no longer consuming from {extra}"}}]
-    assert extra not in {q["name"] for q in cluster.inspect(w2).active_queues()[w2.hostname]}
+    wait_for(lambda: extra not in w2_queues(), 30, what="w2 no longer consuming from the queue")
     second = cluster.send("b.record", "extra-2", queue=extra)
     marker = cluster.send("b.record", "extra-marker", queue=f"{cluster.ns}q-w2")
     wait_for(lambda: runs_of(env, marker), 30, what="a task of w2's own queue")
