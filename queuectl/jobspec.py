@@ -10,26 +10,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from queuectl_kombu import MAX_RETRIES_LIMIT, QueuectlError
-from queuectl_kombu.transport import MAX_RETRIES_HEADER
+from queuectl_kombu import MAX_PRIORITY, MAX_RETRIES_HEADER, MAX_RETRIES_LIMIT, InvalidInput, is_control_queue
 
 #: Keys of the JSON job form.
 FIELDS = ("id", "command", "max_retries", "priority", "queue", "delay", "run_at", "timeout", "cwd", "env")
-#: AMQP priorities: higher runs first.
-MAX_PRIORITY = 9
 #: Longest id and queue name accepted.
 MAX_NAME = 200
 #: Control characters other than tab, newline and carriage return.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-class InvalidJob(QueuectlError):
+class InvalidJob(InvalidInput):
     """The job description is not valid."""
-
-
-def is_control_queue(name: str) -> bool:
-    """Whether a queue carries Celery's remote-control or event messages rather than jobs."""
-    return name.endswith(".pidbox") or name.startswith("celeryev.")
 
 
 @dataclass(frozen=True, slots=True)

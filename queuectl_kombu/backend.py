@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -53,11 +52,11 @@ from celery.exceptions import ChordError
 from celery.result import GroupResult, ResultSet, result_from_tuple
 from kombu.utils.encoding import bytes_to_str
 
+from .db import SCHEME, is_busy, url_path
+from .exceptions import DatabaseUnusable
 from .results import ResultStore, Value, result_store
 
 logger = logging.getLogger(__name__)
-
-SCHEME = "sqlite://"
 
 #: Chord headers kept decoded per process (see SQLiteBackend._restore_group).
 GROUP_CACHE_SIZE = 16
@@ -65,38 +64,25 @@ GROUP_CACHE_SIZE = 16
 
 def path_from_url(url: str | None, broker_url: Any = None) -> str:
     """The absolute database path named by a ``sqlite://`` result URL (no path: the broker's file)."""
-    rest = ""
-    if url:
+    url = url or SCHEME
+    if not url.startswith(SCHEME):
+        raise ImproperlyConfigured(f"not a sqlite:// result backend URL: {url!r}")
+    if "?" in url:
+        raise ImproperlyConfigured(
+            f"{url!r}: the sqlite:// result backend takes no query string; use result_backend_transport_options"
+        )
+    if url.rstrip("/") == SCHEME.rstrip("/"):  # no file named: the broker's
+        broker = broker_url.split(";")[0].strip() if isinstance(broker_url, str) else ""
+        url = broker.split("?")[0]
         if not url.startswith(SCHEME):
-            raise ImproperlyConfigured(f"not a sqlite:// result backend URL: {url!r}")
-        rest = url[len(SCHEME):]
-        if "?" in rest:
-            raise ImproperlyConfigured(
-                f"{url!r}: the sqlite:// result backend takes no query string; "
-                "use result_backend_transport_options"
-            )
-    path = rest[1:] if rest.startswith("/") else rest
-    if not path:
-        broker = broker_url.split(";")[0].strip() if isinstance(broker_url, str) else None
-        if not broker or not broker.startswith(SCHEME) or len(broker) <= len(SCHEME) + 1:
             raise ImproperlyConfigured(
                 "result_backend sqlite:// names no file and the broker is not a sqlite:// file: "
                 "use sqlite:///relative.db or sqlite:////abs/path.db"
             )
-        path = broker[len(SCHEME) + 1:].split("?")[0]
-    return os.path.abspath(os.path.expanduser(path))
-
-
-def _is_locked(exc: BaseException | None) -> bool:
-    # Also through the cause: opening a new file while another connection turns it to WAL fails
-    # with DatabaseUnusable caused by 'database is locked'.
-    while exc is not None:
-        if isinstance(exc, sqlite3.OperationalError):
-            message = str(exc).lower()
-            if "locked" in message or "busy" in message:
-                return True
-        exc = exc.__cause__
-    return False
+    try:
+        return url_path(url)
+    except DatabaseUnusable as exc:
+        raise ImproperlyConfigured(str(exc)) from None
 
 
 class _NotReady(Exception):
@@ -150,7 +136,7 @@ class SQLiteBackend(KeyValueStoreBackend):
 
     def exception_safe_to_retry(self, exc: BaseException) -> bool:
         """Only a locked or busy database is retried."""
-        return _is_locked(exc)
+        return is_busy(exc)
 
     # -- the key/value verbs of KeyValueStoreBackend --------------------------------------------
 

@@ -1,6 +1,12 @@
-"""The errors queuectl raises; each message defaults to its docstring."""
+"""The errors queuectl raises; each message defaults to its docstring.
+
+Two kinds, which a command line maps to its exit codes once, at its edge: InvalidInput (the
+caller's input is wrong: a usage error) and every other QueuectlError (an operation failed).
+"""
 
 from __future__ import annotations
+
+import sqlite3
 
 
 class QueuectlError(Exception):
@@ -10,12 +16,31 @@ class QueuectlError(Exception):
         super().__init__(message or (self.__doc__ or "").strip())
 
 
+class InvalidInput(QueuectlError):
+    """The input is not valid."""
+
+
+class InvalidConfig(InvalidInput):
+    """A setting has an unknown name or a value out of range."""
+
+
+class InvalidValue(InvalidInput, ValueError):
+    """A value is out of its range or malformed (a job's max_retries, a message header)."""
+
+
 class DatabaseUnusable(QueuectlError):
     """The database file cannot be used."""
 
 
-class InvalidConfig(QueuectlError):
-    """A setting has an unknown name or a value out of range."""
+class DatabaseLocked(QueuectlError, sqlite3.OperationalError):
+    """Another connection held the database's write lock past the busy timeout.
+
+    Also a sqlite3.OperationalError, which kombu takes for a connection error (Celery reconnects)
+    and the ack buffer for a write to try again."""
+
+
+class DatabaseMoved(DatabaseUnusable):
+    """The database file was deleted or replaced while this process had it open."""
 
 
 class JobNotFound(QueuectlError):

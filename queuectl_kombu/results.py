@@ -10,8 +10,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from .db import Database
+from .db import Database, database
 from .notify import ChangeWaiter
+from .rules import MAX_WAIT
 from .sql import QUERIES as Q
 
 logger = logging.getLogger(__name__)
@@ -19,17 +20,11 @@ logger = logging.getLogger(__name__)
 #: A stored value comes back as it went in: str (JSON, YAML) or bytes (pickle, msgpack, compressed).
 Value = str | bytes
 
-#: Longest a waiter sleeps before it looks at the database again even if no wake-up came.
-MAX_WAIT = 1.0
 #: After a wake-up that shows no commit yet, look again this soon: the -wal file is written a
 #: moment before the commit becomes visible to other connections.
 SETTLE = 0.002
 #: Expired rows deleted per transaction, so a purge never holds the write lock for long.
 PURGE_BATCH = 1000
-
-_stores: dict[tuple[str, str], ResultStore] = {}
-_stores_lock = threading.Lock()
-
 
 def _expires_at(now: float, expires: float | None) -> float | None:
     return now + float(expires) if expires and expires > 0 else None
@@ -51,14 +46,14 @@ class ResultStore:
 
     def __init__(
         self,
-        path: str,
+        path: str | Database,
         *,
         synchronous: str = "NORMAL",
         clock: Callable[[], float] = time.time,
         purge_interval: float = 60.0,
         poll_interval: float = 0.01,
     ) -> None:
-        self.db = Database(path, synchronous=synchronous)
+        self.db = path if isinstance(path, Database) else Database(path, synchronous=synchronous)
         self.path = self.db.path
         self.clock = clock
         #: Seconds between purges of expired rows by this process's writes (0: every write).
@@ -295,23 +290,6 @@ def _close_inherited(waiter: ChangeWaiter) -> None:
 def result_store(
     path: str, synchronous: str = "NORMAL", *, purge_interval: float = 60.0, poll_interval: float = 0.01
 ) -> ResultStore:
-    """The ResultStore of `path` shared by every backend of this process (created on first use)."""
-    key = (os.path.abspath(os.path.expanduser(path)), synchronous.upper())
-    with _stores_lock:
-        store = _stores.get(key)
-        if store is None or store.db.moved():
-            store = _stores[key] = ResultStore(
-                key[0], synchronous=key[1], purge_interval=purge_interval, poll_interval=poll_interval
-            )
-        else:
-            store.purge_interval = min(store.purge_interval, purge_interval)
-        return store
-
-
-def _reset_after_fork() -> None:
-    global _stores_lock
-    _stores_lock = threading.Lock()  # a thread of the parent may have held it at fork time
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
+    """A ResultStore on the Database of `path` this process shares with its broker and its other
+    stores (queuectl_kombu.db.database): one connection per thread for the whole file."""
+    return ResultStore(database(path, synchronous), purge_interval=purge_interval, poll_interval=poll_interval)

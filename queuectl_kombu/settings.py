@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .exceptions import InvalidConfig
+from .rules import MAX_RETRIES_LIMIT
 
 
 @dataclass(frozen=True)
@@ -22,34 +23,33 @@ class Setting:
     help: str
     exclusive_minimum: bool = False
 
-    def parse(self, value: Any) -> Any:
-        """Validate `value` (a string from the CLI or a JSON value) and return it typed."""
+    def parse(self, value: Any, label: str | None = None) -> Any:
+        """Validate `value` (a string from the CLI or a JSON value) and return it typed; errors
+        name the setting as `label` (the caller's spelling of it) or by its name."""
+        name = label or self.name
         if isinstance(value, bool):
-            raise InvalidConfig(f"{self.name} must be a number, not {value!r}")
+            raise InvalidConfig(f"{name} must be a number, not {value!r}")
         if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
-            raise InvalidConfig(f"{self.name} must be a finite number, not {value!r}")
+            raise InvalidConfig(f"{name} must be a finite number, not {value!r}")
         try:
             typed = self.kind(value)
         except (TypeError, ValueError, OverflowError):
-            raise InvalidConfig(f"{self.name} must be {_kind_name(self.kind)}, not {value!r}") from None
+            raise InvalidConfig(f"{name} must be {_kind_name(self.kind)}, not {value!r}") from None
         if self.kind is int and isinstance(value, float) and value != typed:
-            raise InvalidConfig(f"{self.name} must be a whole number, not {value!r}")
+            raise InvalidConfig(f"{name} must be a whole number, not {value!r}")
         if typed != typed or typed in (float("inf"), float("-inf")):
-            raise InvalidConfig(f"{self.name} must be a finite number, not {value!r}")
+            raise InvalidConfig(f"{name} must be a finite number, not {value!r}")
         if typed < self.minimum or (self.exclusive_minimum and typed == self.minimum):
             bound = "greater than" if self.exclusive_minimum else "at least"
-            raise InvalidConfig(f"{self.name} must be {bound} {self.minimum:g}, not {value!r}")
+            raise InvalidConfig(f"{name} must be {bound} {self.minimum:g}, not {value!r}")
         if typed > self.maximum:
-            raise InvalidConfig(f"{self.name} must be at most {self.maximum:g}, not {value!r}")
+            raise InvalidConfig(f"{name} must be at most {self.maximum:g}, not {value!r}")
         return typed
 
 
 def _kind_name(kind: Callable[[Any], Any]) -> str:
     return "a whole number" if kind is int else "a number"
 
-
-#: The most retries a job may have (the config table's max_retries, a job's own, the x-max-retries header).
-MAX_RETRIES_LIMIT = 10_000
 
 SETTINGS: dict[str, Setting] = {
     s.name: s

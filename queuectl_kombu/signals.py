@@ -20,15 +20,14 @@ def _describe(exception: BaseException | None) -> str:
 @signals.task_failure.connect(weak=False)
 def keep_error(sender: Any = None, task_id: str | None = None, exception: BaseException | None = None,
                **kwargs: Any) -> None:
-    """Store the exception of a failed task on its processing row (the reject that follows keeps it)."""
-    from .transport import Transport
-
+    """Store the exception of a failed task on its processing row (the reject that follows keeps
+    it), when the app's broker is a queuectl transport (one with record_task_error)."""
     if sender is None or task_id is None:
         return
     try:
-        conn = sender.app.connection_for_write()
-        transport = conn.transport
-        if isinstance(transport, Transport):
-            transport.store.record_error(task_id, _describe(exception))
+        with sender.app.connection_for_write() as conn:
+            record = getattr(conn.transport, "record_task_error", None)
+            if record is not None:
+                record(task_id, _describe(exception))
     except Exception as exc:  # never turn a task failure into a second failure
         logger.warning("could not record the error of task %s: %s", task_id, exc)

@@ -10,15 +10,10 @@ from typing import Any
 
 import click
 
-from queuectl_kombu import InvalidConfig, QueuectlError
-
-from ..jobspec import InvalidJob
+from queuectl_kombu import InvalidInput, QueuectlError
 from ..settings import default_db_path
 from . import config, dlq, enqueue, jobs, worker
 from .context import CliState
-
-#: Library errors that mean the user's input was wrong: exit code 2, like click's usage errors.
-USAGE_ERRORS = (InvalidJob, InvalidConfig)
 
 EXAMPLES = """\b
 Examples:
@@ -49,7 +44,7 @@ class QueuectlGroup(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
-        except USAGE_ERRORS as exc:
+        except InvalidInput as exc:  # the user's input was wrong: exit 2, like click's usage errors
             _trace_if_verbose(ctx)
             raise click.UsageError(str(exc)) from exc
         except QueuectlError as exc:
@@ -98,8 +93,6 @@ def _configure_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(level)
-    # kombu warns on every sqlite:////path URL that it names no host: noise, not news.
-    logging.getLogger("kombu.connection").setLevel(logging.ERROR if verbose < 2 else logging.DEBUG)
 
 
 @click.group(cls=QueuectlGroup, epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})

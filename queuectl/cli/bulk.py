@@ -15,9 +15,8 @@ from typing import Any, TextIO
 
 from celery import Celery
 
-from queuectl_kombu import DuplicateJob, JobStore, QueuectlError
-from queuectl_kombu.store import NewJob
-from queuectl_kombu.transport import parse_eta
+from queuectl_kombu import DuplicateJob, JobStore, NewJob, QueuectlError, message_rows, stored_message
+from queuectl_kombu import route as route_to
 
 from ..jobspec import InvalidJob, JobSpec, job_from_json
 from ..tasks import RUN_SHELL
@@ -126,19 +125,9 @@ def _body(kwargs: dict[str, Any], embed: Any) -> str:
 
 def _message(body: str, headers: dict[str, Any], route: tuple[str, str, list[str]], priority: int,
              task_id: str) -> dict[str, Any]:
-    """The stored form of a message, as kombu's virtual channel makes it (the delivery tag is
-    given at delivery)."""
-    return {
-        "body": body,
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": headers,
-        "properties": {
-            "correlation_id": task_id, "reply_to": "", "delivery_mode": 2,
-            "delivery_info": {"exchange": route[0], "routing_key": route[1]},
-            "priority": priority, "body_encoding": "base64", "delivery_tag": "",
-        },
-    }
+    """The stored form of a message to `route` (exchange, routing key, queues)."""
+    return stored_message(body, headers, exchange=route[0], routing_key=route[1], priority=priority,
+                          correlation_id=task_id)
 
 
 def _dumps_kwargs(kwargs: dict[str, Any]) -> str:
@@ -175,12 +164,13 @@ class BulkPublisher:
     what differs (the id and the kwargs' repr), and jobs with an ETA go through Celery whole.
     """
 
-    def __init__(self, app: Celery) -> None:
+    def __init__(self, app: Celery, jobstore: JobStore) -> None:
         self.app = app
         self.connection = app.connection_for_write()
         self.channel: Any = self.connection.default_channel
-        #: The channel's own store: queues declared while the file's transaction is open join it.
-        self.store: JobStore = self.channel.store
+        #: On the same connection as the channel's (JobStore.shared): queues declared while the
+        #: file's transaction is open join it.
+        self.jobstore = jobstore
         self._routes: dict[str | None, tuple[str, str, list[str]]] = {}
         self._origin = f"queuectl@{uuid.uuid4().hex[:8]}"
         headers, _, body, _ = self._celery_message(str(uuid.uuid4()), {"command": ""}, None, None)
@@ -210,7 +200,7 @@ class BulkPublisher:
             queue(self.channel).declare()
             # As Celery's send_task_message: a direct queue is reached through the anonymous exchange.
             exchange, key = ("", name) if queue.exchange.type == "direct" else (queue.exchange.name, queue.routing_key)
-            route = (exchange, key, self.channel._lookup(exchange, key))
+            route = (exchange, key, route_to(self.jobstore, exchange, key))
             self._routes[queue_name] = route
         return route
 
@@ -227,15 +217,14 @@ class BulkPublisher:
         priority = job.priority or 0
         if job.delay is None and job.run_at is None:
             payload = self._template(route, priority, job.max_retries).fill(task_id, kwargs)
-            next_run_at = None
         else:
             headers, _, body, _ = self._celery_message(task_id, kwargs, job.delay, job.run_at)
             headers.update(job.headers())
-            payload = json.dumps(_message(_body(kwargs, body[2]), headers, route, priority, task_id))
-            next_run_at = parse_eta(headers["eta"])
+            message = _message(_body(kwargs, body[2]), headers, route, priority, task_id)
+            return message_rows(message, route[2], json.dumps(message))
         return [
-            NewJob(queue=queue, payload=payload, priority=priority, next_run_at=next_run_at,
-                   task_id=task_id, task_name=RUN_SHELL, max_retries=job.max_retries)
+            NewJob(queue=queue, payload=payload, priority=priority, task_id=task_id, task_name=RUN_SHELL,
+                   max_retries=job.max_retries)
             for queue in route[2]
         ]
 
@@ -264,6 +253,7 @@ class BulkPublisher:
 
 def publish_file(
     app: Celery,
+    jobstore: JobStore,
     specs: Iterable[JobSpec],
     batch_size: int | None,
     on_batch: Callable[[int], None] | None = None,
@@ -274,8 +264,8 @@ def publish_file(
     already used anywhere rolls everything back. With `batch_size`, a transaction every
     `batch_size` jobs (validate the file first).
     """
-    publisher = BulkPublisher(app)
-    store = publisher.store
+    publisher = BulkPublisher(app, jobstore)
+    store = jobstore
     counted = 0
 
     def counting() -> Iterator[JobSpec]:

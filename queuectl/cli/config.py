@@ -6,8 +6,7 @@ from typing import Any
 
 import click
 
-from queuectl_kombu import InvalidConfig
-from queuectl_kombu import settings as settings_mod
+from queuectl_kombu import DEFAULTS, SETTINGS, normalize_key
 
 from .context import state
 from .options import format_option
@@ -22,8 +21,8 @@ def _kebab(name: str) -> str:
 
 def current_settings() -> dict[str, Any]:
     """The settings in force: the defaults when the database does not exist yet."""
-    store = state().existing_store()
-    return dict(settings_mod.DEFAULTS) if store is None else store.settings(fresh=True)
+    store = state().existing_jobstore()
+    return dict(DEFAULTS) if store is None else store.settings(fresh=True)
 
 
 @click.group()
@@ -51,7 +50,7 @@ def config_show(fmt: str) -> None:
     values = current_settings()
     rows = [
         {"key": _kebab(name), "value": values[name], "default": s.default, "description": s.help}
-        for name, s in settings_mod.SETTINGS.items()
+        for name, s in SETTINGS.items()
     ]
     emit_rows(rows, COLUMNS, fmt)
 
@@ -65,7 +64,7 @@ def config_get(key: str) -> None:
     Examples:
       queuectl config get backoff-base
     """
-    name = settings_mod.normalize_key(key)
+    name = normalize_key(key)
     click.echo(number(current_settings()[name]))
 
 
@@ -86,12 +85,7 @@ def config_set(key: str, value: str) -> None:
       queuectl config set max-retries 5
       queuectl config set backoff-base 1.5
     """
-    try:
-        name, typed = settings_mod.parse(key, value)  # validated before the database is touched
-    except InvalidConfig as exc:
-        message = str(exc)
-        for setting in settings_mod.SETTINGS:
-            message = message.replace(f"{setting} must", f"{_kebab(setting)} must")
-        raise InvalidConfig(message) from None
-    state().store().set_config(name, typed)
+    name = normalize_key(key)
+    typed = SETTINGS[name].parse(value, label=_kebab(name))  # validated before the database is touched
+    state().jobstore().set_config(name, typed)
     note(f"{_kebab(name)} = {number(typed)}")

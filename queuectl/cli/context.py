@@ -8,8 +8,7 @@ from typing import Any
 import click
 from celery import Celery
 
-from queuectl_kombu import JobStore
-from queuectl_kombu.db import check_path
+from queuectl_kombu import JobStore, check_path
 
 from ..settings import data_dir_db_path
 
@@ -36,21 +35,23 @@ class CliState:
         """Whether this is the per-user data file (whose directory queuectl may create)."""
         return self.db_path == data_dir_db_path()
 
-    def store(self) -> JobStore:
-        """The job store, the database created if needed (commands that write)."""
+    def jobstore(self) -> JobStore:
+        """The job store, the database created if needed (commands that write). It shares its
+        connection with the Celery app's broker (one per thread and file: a queue declared while
+        a bulk insert is open joins that transaction)."""
         if self._store is None:
             if self.is_default():
                 os.makedirs(os.path.dirname(self.db_path), exist_ok=True)
-            store = JobStore(self.db_path)
+            store = JobStore.shared(self.db_path)
             store.open()
             self._store = store
         return self._store
 
-    def existing_store(self) -> JobStore | None:
+    def existing_jobstore(self) -> JobStore | None:
         """The job store if the database exists, else None: reading never creates the file."""
         if self._store is None and not self.exists():
             return None
-        return self.store()
+        return self.jobstore()
 
     def celery(self) -> Celery:
         """A Celery app on this database (broker and result backend), with run_shell registered."""
@@ -58,7 +59,7 @@ class CliState:
             from .. import tasks  # noqa: F401  (registers the shared tasks before finalize)
             from ..app import make_app
 
-            self.store()  # a bad path fails here, with the store's message
+            self.jobstore()  # a bad path fails here, with the store's message
             self._app = make_app(self.db_path)
         return self._app
 

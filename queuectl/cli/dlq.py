@@ -36,7 +36,7 @@ def dlq_list(queue: str | None, limit: int, fmt: str) -> None:
       queuectl dlq list
       queuectl dlq list --format json | jq -r '.[].id'
     """
-    store = state().existing_store()
+    store = state().existing_jobstore()
     jobs = [] if store is None else visible_jobs(store, JobState.DEAD, queue, limit or None)
     emit_rows([job_row(job) for job in jobs], DLQ_COLUMNS, fmt)
 
@@ -54,7 +54,7 @@ def dlq_retry(job_id: str | None, retry_all: bool) -> None:
     """
     if (job_id is None) == (not retry_all):
         raise click.UsageError("give one job ID or --all" if job_id is None else "give a job ID or --all, not both")
-    store = state().existing_store()
+    store = state().existing_jobstore()
     if retry_all:
         count = 0 if store is None else len(store.dlq_retry_all())
         note(f"{count} dead job(s) back to pending")
@@ -77,6 +77,6 @@ def dlq_purge() -> None:
     Examples:
       queuectl dlq purge
     """
-    store = state().existing_store()
+    store = state().existing_jobstore()
     count = 0 if store is None else store.dlq_purge()
     note(f"deleted {count} dead job(s)")

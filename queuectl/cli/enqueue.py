@@ -12,8 +12,7 @@ from typing import Any
 
 import click
 
-from queuectl_kombu import DuplicateJob
-from queuectl_kombu.transport import UNIQUE_HEADER
+from queuectl_kombu import UNIQUE_HEADER, DuplicateJob
 
 from ..jobspec import JobSpec, job_from_json, job_from_mapping
 from ..tasks import RUN_SHELL
@@ -26,7 +25,7 @@ from .output import note
 def submit(spec: JobSpec) -> str:
     """Enqueue one job through Celery's run_shell.apply_async; returns its id."""
     cli_state = state()
-    store = cli_state.store()
+    store = cli_state.jobstore()
     if spec.id is not None and store.task_exists(spec.id):
         # Checked before publishing so that nothing is written; UNIQUE_HEADER closes the race.
         raise DuplicateJob(f"a job with id {spec.id!r} already exists")
@@ -79,7 +78,7 @@ def _enqueue_file(path: str, batch_size: int | None, defaults: dict[str, Any]) -
         total, ids, parsed = bulk.validate_file(path, cached, defaults)
         if total == 0:
             return 0
-        bulk.check_new_ids(cli_state.store(), ids, path)
+        bulk.check_new_ids(cli_state.jobstore(), ids, path)
     if parsed is None:
         ids = {}
         specs: Iterator[JobSpec] = (spec for _, spec in bulk.checked_jobs(path, cached, defaults, ids))
@@ -90,7 +89,8 @@ def _enqueue_file(path: str, batch_size: int | None, defaults: dict[str, Any]) -
         return 0
     try:
         with _progress(total) as on_batch:
-            return bulk.publish_file(cli_state.celery(), itertools.chain([first], specs), batch_size, on_batch)
+            return bulk.publish_file(cli_state.celery(), cli_state.jobstore(), itertools.chain([first], specs),
+                                     batch_size, on_batch)
     except DuplicateJob as exc:  # an id of the file that a job of the database already has
         if exc.task_id not in ids:
             raise

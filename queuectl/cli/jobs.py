@@ -8,8 +8,7 @@ from typing import Any
 
 import click
 
-from queuectl_kombu import JobNotFound, JobState
-from queuectl_kombu.jobs import Job
+from queuectl_kombu import Job, JobNotFound, JobState
 
 from ..shell import CommandFailed
 from ..tasks import RUN_SHELL
@@ -36,7 +35,7 @@ def status(fmt: str, ask_workers: bool, timeout: float) -> None:
       queuectl status --format json | jq .jobs.dead
     """
     cli_state = state()
-    store = cli_state.existing_store()
+    store = cli_state.existing_jobstore()
     per_queue = queue_counts(store) if store is not None else {}
     totals = state_totals(per_queue)
     oldest: Job | None = None
@@ -88,7 +87,7 @@ def list_jobs(state_name: str | None, queue: str | None, limit: int, fmt: str) -
       queuectl list --state failed --queue batch --limit 20 --format json
       queuectl list --format csv --limit 0 > jobs.csv
     """
-    store = state().existing_store()
+    store = state().existing_jobstore()
     jobs = [] if store is None else visible_jobs(
         store, JobState(state_name) if state_name else None, queue, limit or None
     )
@@ -181,7 +180,7 @@ def show(job_id: str, fmt: str) -> None:
       queuectl show job1 --format json | jq -r .result.value.stdout
     """
     cli_state = state()
-    store = cli_state.existing_store()
+    store = cli_state.existing_jobstore()
     if store is None:
         raise JobNotFound(f"no job with id {job_id!r}")
     job = store.find_job(job_id)

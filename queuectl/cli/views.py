@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from queuectl_kombu import JobState, JobStore
-from queuectl_kombu.jobs import Job
+from queuectl_kombu import Job, JobState, JobStore, is_control_queue
 
-from ..jobspec import is_control_queue
 from ..tasks import RUN_SHELL
 from .output import iso_time
 

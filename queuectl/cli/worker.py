@@ -96,7 +96,7 @@ def start(count: int, queues: str | None, detach: bool, log_file: str | None, lo
       queuectl worker start --count 3 --queues celery,batch --detach
     """
     cli_state = state()
-    cli_state.store()  # create the database now, so that a bad path fails here, not in the worker
+    cli_state.jobstore()  # create the database now, so that a bad path fails here, not in the worker
     name = f"queuectl-{uuid.uuid4().hex[:8]}@{socket.gethostname()}"
     argv = worker_argv(count, queues, name, log_level.upper())
     env = dict(os.environ, QUEUECTL_DB=cli_state.db_path)

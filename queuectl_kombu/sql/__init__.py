@@ -6,12 +6,18 @@ import re
 import sqlite3
 from importlib import resources
 
+from ..rules import SQL_TOKENS
+
 _NAME = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
 
 
+_TOKEN = re.compile(r"\{([A-Z_]+)\}")
+
+
 def read(filename: str) -> str:
-    """Return the text of one SQL file of this package."""
-    return resources.files(__package__).joinpath(filename).read_text(encoding="utf-8")
+    """The text of one SQL file of this package, its {TOKENS} replaced by the rules they name."""
+    text = resources.files(__package__).joinpath(filename).read_text(encoding="utf-8")
+    return _TOKEN.sub(lambda m: SQL_TOKENS[m.group(1)], text)
 
 
 def parse_queries(text: str) -> dict[str, str]:

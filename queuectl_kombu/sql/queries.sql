@@ -7,7 +7,7 @@
 INSERT INTO jobs (task_id, task_name, queue, state, priority, payload, attempts, max_retries,
                   next_run_at, expires_at, created_at, updated_at)
 VALUES (:task_id, :task_name, :queue, 'pending',
-        MIN(:priority, COALESCE((SELECT max_priority FROM queues WHERE name = :queue), 9)),
+        MIN(:priority, COALESCE((SELECT max_priority FROM queues WHERE name = :queue), {MAX_PRIORITY})),
         :payload, 0, :max_retries, :next_run_at,
         COALESCE(:expires_at, :now + (SELECT message_ttl FROM queues WHERE name = :queue)),
         :now, :now)
@@ -19,7 +19,7 @@ VALUES (:task_id, :task_name, :queue, 'pending',
 INSERT INTO jobs (task_id, task_name, queue, state, priority, payload, attempts, max_retries,
                   next_run_at, expires_at, created_at, updated_at)
 VALUES (NULLIF(?1, ''), NULLIF(?2, ''), ?3, 'pending',
-        MIN(?4, COALESCE((SELECT max_priority FROM queues WHERE name = ?3), 9)),
+        MIN(?4, COALESCE((SELECT max_priority FROM queues WHERE name = ?3), {MAX_PRIORITY})),
         ?5, 0, NULLIF(?6, -1), ?7,
         COALESCE(NULLIF(?8, -1.0), ?9 + (SELECT message_ttl FROM queues WHERE name = ?3)),
         ?9, ?9)
@@ -30,7 +30,7 @@ SELECT seq FROM sqlite_sequence WHERE name = 'jobs'
 
 -- name: has_ready
 SELECT 1 FROM jobs
-WHERE queue = :queue AND state IN ('pending', 'failed') AND next_run_at <= :now
+WHERE queue = :queue AND state IN {READY_STATES} AND next_run_at <= :now
   AND (expires_at IS NULL OR expires_at > :now)
 LIMIT 1
 
@@ -40,7 +40,7 @@ SET state = 'processing', attempts = attempts + 1, deliveries = deliveries + 1, 
     lease_expires_at = :lease_expires_at, updated_at = :now
 WHERE id IN (
     SELECT id FROM jobs
-    WHERE queue = :queue AND state IN ('pending', 'failed') AND next_run_at <= :now
+    WHERE queue = :queue AND state IN {READY_STATES} AND next_run_at <= :now
       AND (expires_at IS NULL OR expires_at > :now)
     ORDER BY priority DESC, id
     LIMIT :limit
@@ -51,7 +51,7 @@ RETURNING id, queue, priority, attempts, task_id, payload, deliveries
 -- The claim order of one queue's first :limit ready rows: a consumer of several queues merges
 -- them, so that it takes messages across its queues in the order they were published.
 SELECT priority, id FROM jobs
-WHERE queue = :queue AND state IN ('pending', 'failed') AND next_run_at <= :now
+WHERE queue = :queue AND state IN {READY_STATES} AND next_run_at <= :now
   AND (expires_at IS NULL OR expires_at > :now)
 ORDER BY priority DESC, id
 LIMIT :limit
@@ -60,7 +60,7 @@ LIMIT :limit
 -- Waiting rows of the JSON array :queues that are not due yet (ETA, countdown, retry backoff).
 SELECT id, queue, priority, next_run_at, deliveries, payload FROM jobs
 WHERE queue IN (SELECT value FROM json_each(:queues))
-  AND state IN ('pending', 'failed') AND next_run_at > :now
+  AND state IN {READY_STATES} AND next_run_at > :now
 ORDER BY next_run_at, id
 LIMIT :limit
 
@@ -69,7 +69,7 @@ LIMIT :limit
 DELETE FROM jobs
 WHERE id IN (
     SELECT id FROM jobs
-    WHERE queue = :queue AND state IN ('pending', 'failed') AND next_run_at <= :now
+    WHERE queue = :queue AND state IN {READY_STATES} AND next_run_at <= :now
       AND (expires_at IS NULL OR expires_at > :now)
     ORDER BY priority DESC, id
     LIMIT :limit
@@ -78,7 +78,7 @@ RETURNING id, queue, priority, attempts + 1, task_id, payload, deliveries + 1
 
 -- name: next_due
 SELECT MIN(next_run_at) FROM jobs
-WHERE queue = :queue AND state IN ('pending', 'failed')
+WHERE queue = :queue AND state IN {READY_STATES}
 
 -- name: complete
 -- Every job of the JSON array :ids that :owner still holds; returns the ids it completed.
@@ -142,7 +142,7 @@ DELETE FROM jobs WHERE id IN (
 )
 
 -- name: queue_size
-SELECT COUNT(*) FROM jobs WHERE queue = :queue AND state IN ('pending', 'failed')
+SELECT COUNT(*) FROM jobs WHERE queue = :queue AND state IN {READY_STATES}
   AND (expires_at IS NULL OR expires_at > :now)
 
 -- name: declare_queue
@@ -161,7 +161,7 @@ FROM queues WHERE name = :name
 
 -- name: list_queues
 SELECT q.name, q.auto_delete, q.exclusive, q.expires, q.message_ttl, q.max_priority,
-       (SELECT COUNT(*) FROM jobs j WHERE j.queue = q.name AND j.state IN ('pending', 'failed')) AS size
+       (SELECT COUNT(*) FROM jobs j WHERE j.queue = q.name AND j.state IN {READY_STATES}) AS size
 FROM queues q ORDER BY q.name
 
 -- name: touch_queues
@@ -180,7 +180,7 @@ WHERE expires IS NOT NULL AND last_used_at + expires <= :now
 DELETE FROM queues WHERE name = :name
 
 -- name: delete_queue_jobs
-DELETE FROM jobs WHERE queue = :name AND state IN ('pending', 'failed')
+DELETE FROM jobs WHERE queue = :name AND state IN {READY_STATES}
 
 -- name: delete_queue_bindings
 DELETE FROM bindings WHERE queue = :name
@@ -218,11 +218,11 @@ DELETE FROM consumers WHERE queue = :name
 -- Asked every second by every worker: INDEXED BY, because SQLite otherwise took jobs_state and
 -- read every waiting row (a backlog of 100,000 pending jobs made it 18 % of a worker's CPU).
 SELECT 1 FROM jobs INDEXED BY jobs_expiring
-WHERE expires_at IS NOT NULL AND expires_at <= :now AND state IN ('pending', 'failed') LIMIT 1
+WHERE expires_at IS NOT NULL AND expires_at <= :now AND state IN {READY_STATES} LIMIT 1
 
 -- name: delete_expired_messages
 DELETE FROM jobs INDEXED BY jobs_expiring
-WHERE expires_at IS NOT NULL AND expires_at <= :now AND state IN ('pending', 'failed')
+WHERE expires_at IS NOT NULL AND expires_at <= :now AND state IN {READY_STATES}
 
 -- name: declare_exchange
 INSERT INTO exchanges (name, type, durable, auto_delete, arguments)
@@ -271,14 +271,14 @@ SELECT state, COUNT(*) FROM jobs GROUP BY state
 -- :jobs_only leaves out the queues of Celery's remote control (*.pidbox) and events (celeryev.*).
 SELECT * FROM jobs
 WHERE (:queue IS NULL OR queue = :queue)
-  AND (NOT :jobs_only OR (queue NOT LIKE '%.pidbox' AND queue NOT LIKE 'celeryev.%'))
+  AND (NOT :jobs_only OR {JOB_QUEUE})
 ORDER BY id
 LIMIT :limit
 
 -- name: list_jobs_in_state
 SELECT * FROM jobs
 WHERE state = :state AND (:queue IS NULL OR queue = :queue)
-  AND (NOT :jobs_only OR (queue NOT LIKE '%.pidbox' AND queue NOT LIKE 'celeryev.%'))
+  AND (NOT :jobs_only OR {JOB_QUEUE})
 ORDER BY id
 LIMIT :limit
 
@@ -293,7 +293,7 @@ SELECT queue, state, COUNT(*) AS n FROM jobs GROUP BY queue, state ORDER BY queu
 
 -- name: oldest_waiting
 SELECT MIN(created_at) FROM jobs
-WHERE state = 'pending' AND queue NOT LIKE '%.pidbox' AND queue NOT LIKE 'celeryev.%'
+WHERE state = 'pending' AND {JOB_QUEUE}
 
 -- name: latest_by_task_id
 SELECT * FROM jobs WHERE task_id = :task_id ORDER BY id DESC LIMIT 1

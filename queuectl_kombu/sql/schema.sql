@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 
 -- Ready rows in claim order: higher priority first, then FIFO.
 CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (queue, priority DESC, id)
-    WHERE state IN ('pending', 'failed');
+    WHERE state IN {READY_STATES};
 -- Leases to renew and to recover.
 CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_expires_at) WHERE state = 'processing';
 -- Completed rows to prune once their retention time has passed.

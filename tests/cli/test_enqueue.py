@@ -18,8 +18,8 @@ import pytest
 from click.testing import Result
 
 from queuectl_kombu import JobState, JobStore
-from queuectl_kombu.jobs import Job
-from queuectl_kombu.transport import MAX_RETRIES_HEADER, UNIQUE_HEADER
+from queuectl_kombu import Job
+from queuectl_kombu import MAX_RETRIES_HEADER, UNIQUE_HEADER
 
 from .conftest import Processes
 

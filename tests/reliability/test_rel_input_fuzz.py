@@ -12,7 +12,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from queuectl_kombu import JobNotFound, JobState, NewJob
-from queuectl_kombu import store as store_mod
+from queuectl_kombu.store import jobs as store_mod  # MAX_PAYLOAD_BYTES
 from queuectl_kombu.exceptions import PayloadTooLarge
 
 from .helpers import COUNTS, TABLES, Clock, fresh_store, integrity, rel_settings, row_count, schema_tables

@@ -31,8 +31,8 @@ from hypothesis import strategies as st
 from kombu.exceptions import KombuError
 
 import queuectl_kombu  # noqa: F401  (registers sqlite://)
-from queuectl_kombu import JobState, JobStore, QueuectlError
-from queuectl_kombu import store as store_mod
+from queuectl_kombu import InvalidValue, JobState, JobStore, QueuectlError
+from queuectl_kombu.store import jobs as store_mod  # MAX_PAYLOAD_BYTES
 from queuectl_kombu.exceptions import DuplicateJob, PayloadTooLarge
 
 from .helpers import COUNTS, TABLES, integrity, rel_settings, schema_tables, scratch_path
@@ -262,7 +262,7 @@ def test_publish_then_consume_or_a_clear_error(
     conn, checker, _ = broker
     channel = conn.channel()
     producer = kombu.Producer(channel, serializer="json")
-    caplog.set_level(logging.WARNING, logger="queuectl_kombu.transport")
+    caplog.set_level(logging.WARNING, logger="queuectl_kombu.publishing")
 
     @rel_settings(max_examples=200)
     @given(
@@ -302,7 +302,7 @@ def test_publish_then_consume_or_a_clear_error(
             assert _rows(checker, queue) == [], "a refused message left a row"
             if refused_for is not None:
                 COUNTS[f"kombu: publish refused for header {refused_for}"] += 1
-                assert type(exc) is ValueError, exc
+                assert type(exc) is InvalidValue, exc  # our own type (a ValueError too)
                 assert str(exc).startswith(f"message header {refused_for!r} must be "), exc
             else:
                 assert duplicate and isinstance(exc, DuplicateJob), f"refused for no reason: {exc!r}"
@@ -487,7 +487,7 @@ def test_unusable_eta_is_ignored_with_a_warning(
     """An eta that overflows, is not finite or is no date: logged, and the message is due at once."""
     conn, checker, _ = broker
     producer = kombu.Producer(conn.default_channel, serializer="json")
-    caplog.set_level(logging.WARNING, logger="queuectl_kombu.transport")
+    caplog.set_level(logging.WARNING, logger="queuectl_kombu.publishing")
     producer.publish({"n": 1}, routing_key="eta", headers={"eta": eta})
     assert any(r.getMessage() == f"{ETA_IGNORED} {eta!r}" for r in caplog.records), caplog.records
     (row,) = checker.list_jobs(queue="eta")

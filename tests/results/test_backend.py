@@ -216,8 +216,21 @@ def test_beat_would_not_schedule_a_cleanup(app: Celery) -> None:
 # -- locked databases -----------------------------------------------------------------------------
 
 
-def test_only_a_locked_database_is_safe_to_retry(backend: SQLiteBackend) -> None:
-    locked = sqlite3.OperationalError("database is locked")
+def _locked_error(path: Path) -> sqlite3.OperationalError:
+    """A real 'database is locked' from SQLite (its error code, not its text, is what counts)."""
+    holder, other = sqlite3.connect(path, isolation_level=None), sqlite3.connect(path, timeout=0)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError) as caught:
+            other.execute("BEGIN IMMEDIATE")
+        return caught.value
+    finally:
+        holder.close()
+        other.close()
+
+
+def test_only_a_locked_database_is_safe_to_retry(backend: SQLiteBackend, tmp_path: Path) -> None:
+    locked = _locked_error(tmp_path / "locked.db")
     try:
         raise DatabaseUnusable("cannot open database x: database is locked") from locked
     except DatabaseUnusable as exc:
@@ -226,19 +239,21 @@ def test_only_a_locked_database_is_safe_to_retry(backend: SQLiteBackend) -> None
     assert backend.exception_safe_to_retry(wrapped)
     assert not backend.exception_safe_to_retry(sqlite3.OperationalError("no such table: results"))
     assert not backend.exception_safe_to_retry(ValueError("database is locked"))
+    assert not backend.exception_safe_to_retry(sqlite3.OperationalError("database is locked"))  # text alone
 
 
 def test_a_locked_database_is_retried_not_failed(
-    backend: SQLiteBackend, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    backend: SQLiteBackend, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     store = backend.store
+    locked = _locked_error(tmp_path / "locked.db")
     real = store.store_task_result
     calls: list[str] = []
 
     def flaky(*args: Any, **kwargs: Any) -> bool:
         calls.append(args[2])
         if len(calls) <= 2:
-            raise sqlite3.OperationalError("database is locked")
+            raise locked
         return real(*args, **kwargs)
 
     monkeypatch.setattr(store, "store_task_result", flaky)

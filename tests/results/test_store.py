@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from queuectl_kombu import results as results_mod
+from queuectl_kombu import JobStore
 from queuectl_kombu.results import ResultStore, result_store
 
 
@@ -192,13 +192,15 @@ def test_wait_for_change_wakes_on_another_connection_commit(db_path: str, store:
     assert store.get("k") == "v"
 
 
-def test_result_store_is_shared_per_path(tmp_path) -> None:
+def test_one_database_per_path_for_results_and_jobs(tmp_path) -> None:
     a = result_store(str(tmp_path / "r.db"))
     b = result_store(str(tmp_path / ".." / tmp_path.name / "r.db"))
     c = result_store(str(tmp_path / "other.db"))
-    assert a is b
-    assert a is not c
-    results_mod._stores.clear()
+    jobs = JobStore.shared(str(tmp_path / "r.db"))
+    assert a.db is b.db is jobs.db  # a worker whose broker and backend share a file opens it once
+    assert a.db is not c.db
+    a.set("k", "v")
+    assert jobs.db.connection() is a.db.connection()  # one connection per thread
 
 
 def test_a_chord_size_is_unknown_until_set_and_grows_with_added_parts(store: ResultStore, clock) -> None:

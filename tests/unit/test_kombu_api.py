@@ -233,16 +233,17 @@ def test_a_timer_set_in_on_tick_wakes_the_poll(url: str) -> None:
         transport.register_with_event_loop(conn.connection, hub)
         try:
             channel = conn.default_channel
-            transport.flush_acks()  # nothing pending: no timer, no wake-up
-            assert select.select([transport._wake_fds[0]], [], [], 0)[0] == []
-            channel._acks.append(1)  # an ack gathered on the loop, just after a flush
-            transport._last_flush = time.monotonic()
-            transport.flush_acks()  # put off (coalescing): a timer, and the poll must not sleep
-            assert transport._again_timer is not None
-            assert select.select([transport._wake_fds[0]], [], [], 0)[0] == [transport._wake_fds[0]]
-            transport._on_wake()
-            assert select.select([transport._wake_fds[0]], [], [], 0)[0] == []
-            channel._acks.clear()
+            link = transport.link
+            link.flush_acks()  # nothing pending: no timer, no wake-up
+            assert select.select([link._wake_fds[0]], [], [], 0)[0] == []
+            channel.qos._acks.append(1)  # an ack gathered on the loop, just after a flush
+            link._last_flush = time.monotonic()
+            link.flush_acks()  # put off (coalescing): a timer, and the poll must not sleep
+            assert link._again_timer is not None
+            assert select.select([link._wake_fds[0]], [], [], 0)[0] == [link._wake_fds[0]]
+            link._on_wake()
+            assert select.select([link._wake_fds[0]], [], [], 0)[0] == []
+            channel.qos._acks.clear()
         finally:
             transport.unregister_from_event_loop(conn.connection, hub)
     hub.close()
@@ -284,13 +285,13 @@ def test_half_the_window_acked_wakes_the_loop(url: str) -> None:
             while len(received) < 4 and time.monotonic() < deadline:
                 hub.run_once()
             assert len(received) == 4  # the window is full
-            wake_fd = transport._wake_fds[0]
-            transport._on_wake()  # empty the pipe
+            wake_fd = transport.link._wake_fds[0]
+            transport.link._on_wake()  # empty the pipe
             received[0].ack()
             assert select.select([wake_fd], [], [], 0)[0] == []  # 3 of 4 held: no claim yet
             received[1].ack()
             assert select.select([wake_fd], [], [], 0)[0] == [wake_fd]  # half free: claim now
-            transport._on_wake()  # what the loop runs: the next two are delivered
+            transport.link._on_wake()  # what the loop runs: the next two are delivered
             assert len(received) == 6
             for m in received[2:]:
                 m.ack()

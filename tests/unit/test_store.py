@@ -260,21 +260,21 @@ def test_find_job_by_task_id_or_row_id(store: JobStore) -> None:
 
 
 def test_oversized_message_is_refused_and_nothing_written(store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    from queuectl_kombu import store as store_module
-    from queuectl_kombu.exceptions import PayloadTooLarge
+    from queuectl_kombu import PayloadTooLarge
+    from queuectl_kombu.store import jobs as jobs_module
 
-    monkeypatch.setattr(store_module, "MAX_PAYLOAD_BYTES", 1000)
+    monkeypatch.setattr(jobs_module, "MAX_PAYLOAD_BYTES", 1000)
     with pytest.raises(PayloadTooLarge, match="message of 2000 bytes for queue 'q' exceeds the limit of 1000 bytes"):
         store.publish_many([NewJob(queue="q", payload="1"), NewJob(queue="q", payload="x" * 2000)])
     assert store.list_jobs() == []
 
 
 def test_publishers_alone_keep_the_wal_bounded(store: JobStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With no worker (no lease keeper) running, a publisher truncates an oversized WAL itself."""
-    from queuectl_kombu import store as store_module
+    """With no worker (no housekeeper) running, a publisher truncates an oversized WAL itself."""
+    from queuectl_kombu.store import base as store_base
 
-    monkeypatch.setattr(store_module, "WAL_LIMIT_BYTES", 256 * 1024)
-    monkeypatch.setattr(store_module, "WAL_CHECK_EVERY", 20)
+    monkeypatch.setattr(store_base, "WAL_LIMIT_BYTES", 256 * 1024)
+    monkeypatch.setattr(store_base, "WAL_CHECK_EVERY", 20)
     reader = JobStore(store.path)
     for i in range(400):
         reader.queue_size("q")  # another connection reading now and then, as workers do

@@ -1,0 +1,43 @@
+"""The rules every part of queuectl shares, each defined once: ranges, ready states, control
+queues, WAL size, wake-up bound. The SQL files name them as {TOKENS} (see sql/__init__.py)."""
+
+from __future__ import annotations
+
+from .states import JobState
+
+#: Message priorities run from 0 to MAX_PRIORITY, higher first (a queue's x-max-priority caps it lower).
+MAX_PRIORITY = 9
+#: The most retries a job may have (the config table's max_retries, a job's own, the x-max-retries header).
+MAX_RETRIES_LIMIT = 10_000
+#: States whose rows wait in a queue: what a claim takes, what a purge removes, what a size counts.
+READY_STATES: tuple[JobState, ...] = (JobState.PENDING, JobState.FAILED)
+#: Queues of Celery's remote control end with this; those of its events start with EVENT_QUEUE_PREFIX.
+CONTROL_QUEUE_SUFFIX = ".pidbox"
+EVENT_QUEUE_PREFIX = "celeryev."
+#: SQLite's WAL is truncated back to this size (journal_size_limit), and checkpointed with
+#: TRUNCATE once it grows past it (readers of many processes can keep a passive checkpoint from
+#: ever restarting it under a steady load).
+WAL_LIMIT_BYTES = 8 * 1024 * 1024
+#: Longest anything that waits for the file to change sleeps before it looks again anyway.
+MAX_WAIT = 1.0
+
+
+def is_control_queue(name: str) -> bool:
+    """Whether a queue carries Celery's remote-control or event messages rather than jobs."""
+    return name.endswith(CONTROL_QUEUE_SUFFIX) or name.startswith(EVENT_QUEUE_PREFIX)
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+#: What the SQL files write as {NAME}: the same rules, as SQL text.
+SQL_TOKENS: dict[str, str] = {
+    "MAX_PRIORITY": str(MAX_PRIORITY),
+    "READY_STATES": "(" + ", ".join(_sql_text(s.value) for s in READY_STATES) + ")",
+    "JOB_QUEUE": (
+        f"(queue NOT LIKE {_sql_text('%' + CONTROL_QUEUE_SUFFIX)} "
+        f"AND queue NOT LIKE {_sql_text(EVENT_QUEUE_PREFIX + '%')})"
+    ),
+    "WAL_LIMIT_BYTES": str(WAL_LIMIT_BYTES),
+}

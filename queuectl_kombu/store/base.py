@@ -1,0 +1,57 @@
+"""The common ground of JobStore's parts: the database, the clock, commits and the WAL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Self
+
+from ..db import Database, database
+from ..rules import WAL_LIMIT_BYTES
+
+#: Every process checks the WAL's size after this many of its own commits.
+WAL_CHECK_EVERY = 200
+
+
+class StoreBase:
+    """One queuectl database and the clock its statements use."""
+
+    def __init__(
+        self, path: str | Database, *, synchronous: str = "NORMAL", clock: Callable[[], float] = time.time
+    ) -> None:
+        self.db = path if isinstance(path, Database) else Database(path, synchronous=synchronous)
+        self.path = self.db.path
+        self.clock = clock
+
+    @classmethod
+    def shared(cls, path: str, *, synchronous: str = "NORMAL") -> Self:
+        """A store on the Database of `path` this process shares (one connection per thread for
+        the broker, the backend and the command line alike)."""
+        return cls(database(path, synchronous))
+
+    def open(self) -> None:
+        """Open this thread's connection now: checks the path and creates the schema."""
+        self.db.connection()
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        self.db.close()
+
+    def _committed(self) -> None:
+        self.db.note_commit()
+        if (self.db.local_commits % WAL_CHECK_EVERY == 0 and not self.db.connection().in_transaction
+                and self.wal_too_large()):
+            # Publishers with no worker running would otherwise let the WAL grow without bound.
+            self.checkpoint()
+
+    def change_stamp(self) -> tuple[int, int]:
+        """A value that differs whenever anyone committed since it was last taken."""
+        return self.db.change_stamp()
+
+    def checkpoint(self) -> tuple[int, int, int]:
+        """Checkpoint the WAL: passive, or truncating once it has grown past WAL_LIMIT_BYTES."""
+        return self.db.checkpoint(truncate=self.wal_too_large())
+
+    def wal_too_large(self) -> bool:
+        """Whether the WAL has grown past WAL_LIMIT_BYTES (busy readers kept it from restarting)."""
+        return self.db.wal_size() > WAL_LIMIT_BYTES

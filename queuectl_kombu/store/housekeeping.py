@@ -1,0 +1,61 @@
+"""Housekeeping of the jobs table: leases renewed and recovered, completed jobs pruned."""
+
+from __future__ import annotations
+
+import logging
+
+from ..sql import QUERIES as Q
+from ..states import JobState
+from .config import ConfigStore
+
+logger = logging.getLogger("queuectl_kombu.store")
+
+
+class Housekeeping(ConfigStore):
+    """What a worker's housekeeper runs now and then (queuectl_kombu/housekeeper.py)."""
+
+    def renew_leases(self, owner: str, lease_seconds: float) -> int:
+        """Extend every lease `owner` holds; returns how many."""
+        with self.db.write() as conn:
+            n = conn.execute(
+                Q["renew_leases"], {"owner": owner, "lease_expires_at": self.clock() + lease_seconds}
+            ).rowcount
+        return n
+
+    def recover_expired_leases(self, max_retries: int | None = None) -> list[tuple[int, str | None, JobState, int]]:
+        """Jobs whose consumer died go back to pending (dead once retries are exhausted: the job's
+        own max_retries, else `max_retries` if given, else the config table's)."""
+        now = self.clock()
+        conn = self.db.connection()
+        if conn.execute(Q["has_expired_leases"], {"now": now}).fetchone() is None:
+            return []
+        if max_retries is None:
+            max_retries = self.settings(fresh=True)["max_retries"]
+        with self.db.write() as conn:
+            rows = conn.execute(
+                Q["recover_expired_leases"], {"now": now, "max_retries": max_retries}
+            ).fetchall()
+        self._committed()
+        recovered = [(r[0], r[1], JobState(r[2]), r[3]) for r in rows]
+        for job_id, task_id, state, attempts in recovered:
+            logger.warning(
+                "job %d (task %s): lease expired after attempt %d, now %s", job_id, task_id, attempts, state
+            )
+        return recovered
+
+    def prune_completed(self, retention: float | None = None, batch: int = 5000) -> int:
+        """Delete completed jobs older than the retention time, in short batches."""
+        if retention is None:
+            retention = self.settings()["retention"]
+        cutoff = self.clock() - retention
+        total = 0
+        while True:
+            with self.db.write() as conn:
+                n = conn.execute(Q["prune_completed"], {"cutoff": cutoff, "limit": batch}).rowcount
+            total += n
+            if n < batch:
+                break
+        if total:
+            self._committed()
+            logger.info("pruned %d completed jobs", total)
+        return total

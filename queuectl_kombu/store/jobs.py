@@ -1,0 +1,338 @@
+"""Jobs and their state changes: publish, claim, ack, requeue, fail, the dead-letter queue."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .. import settings as settings_mod
+from ..exceptions import DuplicateJob, InvalidTransition, InvalidValue, JobNotFound, PayloadTooLarge
+from ..jobs import ClaimedJob
+from ..retry import RetryPolicy
+from ..rules import MAX_RETRIES_LIMIT
+from ..sql import QUERIES as Q
+from ..states import JobState
+from .config import ConfigStore
+from .reading import find_existing_task_id
+
+logger = logging.getLogger("queuectl_kombu.store")
+
+#: The largest message accepted, in bytes of its JSON form: a clear error instead of a file
+#: (and workers' memory) blown up by one message.
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+#: SQLite's page cache while a whole file of jobs is inserted (its default is 2 MiB): fewer pages
+#: of the indexes spilled and read back.
+BULK_CACHE_KIB = 64 * 1024
+
+
+@dataclass(slots=True)
+class NewJob:
+    """A message to insert: what publish needs besides the payload (slots: one is made per
+    message published, a frozen dataclass costs several times as much to make)."""
+
+    queue: str
+    payload: str
+    priority: int = 0
+    next_run_at: float | None = None
+    task_id: str | None = None
+    task_name: str | None = None
+    max_retries: int | None = None
+    expires_at: float | None = None
+
+
+def _shares(conn: Any, queues: Sequence[str], limit: int, now: float) -> dict[str, int]:
+    """How many of the first `limit` ready jobs across `queues` each queue holds, in claim order
+    (priority, then publication): a claim over several queues takes what was published first,
+    not everything of the first queue."""
+    heads = [
+        [(-priority, job_id, queue) for priority, job_id in
+         conn.execute(Q["ready_order"], {"queue": queue, "now": now, "limit": limit})]
+        for queue in queues
+    ]
+    shares: dict[str, int] = {}
+    for _, _, queue in itertools.islice(heapq.merge(*heads), limit):
+        shares[queue] = shares.get(queue, 0) + 1
+    return shares
+
+
+
+class JobChanges(ConfigStore):
+    """Every change of a job's state (each logged at INFO; a move to dead at WARNING)."""
+
+    def publish(self, job: NewJob) -> int:
+        """Insert one pending job; returns its id."""
+        return self.publish_many([job])[0]
+
+    def publish_many(self, jobs: Iterable[NewJob], *, unique_task_ids: bool = False) -> list[int]:
+        """Insert pending jobs in one transaction: all or none.
+
+        With unique_task_ids, a task id that any job already has (or that repeats in `jobs`)
+        raises DuplicateJob and nothing is written.
+        """
+        with self.db.write() as conn:
+            ids = self._insert(conn, list(jobs), unique_task_ids, set())
+        self._committed()
+        _log_pending(ids)
+        return ids
+
+    def publish_stream(self, batches: Iterable[Sequence[NewJob]], *, unique_task_ids: bool = False) -> int:
+        """Insert every batch of `batches` in ONE transaction: all or none; returns the count.
+
+        The batches may be made while the transaction is open (a generator): an exception raised
+        while making one rolls back every batch before it. The write lock is held throughout,
+        so other writers wait (busy timeout) for as long as the batches take to make.
+        """
+        count = 0
+        seen: set[str] = set()
+        ranges: list[tuple[int, int]] = []
+        with self.db.cache_size(BULK_CACHE_KIB), self.db.write() as conn:
+            for batch in batches:
+                ids = self._insert(conn, list(batch), unique_task_ids, seen)
+                if ids:
+                    ranges.append((ids[0], ids[-1]))
+                    count += len(ids)
+        self._committed()
+        if logger.isEnabledFor(logging.INFO):
+            for first, last in ranges:
+                _log_pending(range(first, last + 1))
+        return count
+
+    def _insert(self, conn: Any, jobs: list[NewJob], unique_task_ids: bool, seen: set[str]) -> list[int]:
+        """Insert `jobs` in the open transaction; their ids, in order (consecutive: we hold the lock)."""
+        if not jobs:
+            return []
+        now = self.clock()
+        for job in jobs:
+            if len(job.payload) * 4 > MAX_PAYLOAD_BYTES:  # UTF-8: at most 4 bytes a character
+                size = len(job.payload.encode("utf-8", "surrogatepass"))
+                if size > MAX_PAYLOAD_BYTES:
+                    raise PayloadTooLarge(
+                        f"message of {size} bytes for queue {job.queue!r} exceeds the limit "
+                        f"of {MAX_PAYLOAD_BYTES} bytes"
+                    )
+            if job.max_retries is not None and not 0 <= job.max_retries <= MAX_RETRIES_LIMIT:
+                raise InvalidValue(
+                    f"max_retries must be a whole number from 0 to {MAX_RETRIES_LIMIT}, "
+                    f"not {job.max_retries!r}"
+                )
+        if unique_task_ids:
+            self._check_new_task_ids(conn, [job.task_id for job in jobs if job.task_id is not None], seen)
+        if len(jobs) == 1:
+            cur = conn.execute(Q["insert_job"], _insert_params(jobs[0], now))
+            return [int(cur.lastrowid or 0)]
+        # One statement for the batch; None is bound as a sentinel (binding None costs the
+        # sqlite3 module an adapter lookup per value) and turned back into NULL by the statement.
+        conn.executemany(Q["insert_jobs"], [
+            (job.task_id or "", job.task_name or "", job.queue, job.priority, job.payload,
+             -1 if job.max_retries is None else job.max_retries,
+             now if job.next_run_at is None else job.next_run_at,
+             -1.0 if job.expires_at is None else job.expires_at, now)
+            for job in jobs
+        ])
+        last = int(conn.execute(Q["last_job_id"]).fetchone()[0])
+        return list(range(last - len(jobs) + 1, last + 1))
+
+    @staticmethod
+    def _check_new_task_ids(conn: Any, task_ids: list[str], seen: set[str]) -> None:
+        """DuplicateJob if a task id repeats (in `task_ids` or `seen`) or a job already has it."""
+        for task_id in task_ids:
+            if task_id in seen:
+                raise DuplicateJob(f"a job with id {task_id!r} already exists", task_id)
+            seen.add(task_id)
+        found = find_existing_task_id(conn, task_ids)
+        if found is not None:
+            raise DuplicateJob(f"a job with id {found!r} already exists", found)
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    def claim(
+        self, queues: Sequence[str], limit: int, owner: str, lease_seconds: float
+    ) -> list[ClaimedJob]:
+        """Move up to `limit` due jobs of `queues` to processing under a lease, in one transaction.
+
+        Higher priority first, then FIFO across all of `queues` (publication order).
+        """
+        return self._claim("claim", queues, limit, owner, lease_seconds)
+
+    def take(self, queues: Sequence[str], limit: int) -> list[ClaimedJob]:
+        """Remove and return up to `limit` due jobs, for consumers that do not acknowledge."""
+        return self._claim("take", queues, limit, "no-ack", 0.0)
+
+    def _claim(
+        self, statement: str, queues: Sequence[str], limit: int, owner: str, lease_seconds: float
+    ) -> list[ClaimedJob]:
+        now = self.clock()
+        conn = self.db.connection()
+        ready = [  # a queue named twice is claimed from once
+            q for q in dict.fromkeys(queues) if conn.execute(Q["has_ready"], {"queue": q, "now": now}).fetchone()
+        ]
+        if not ready or limit <= 0:
+            return []
+        claimed: list[ClaimedJob] = []
+        with self.db.write() as conn:
+            shares = {ready[0]: limit} if len(ready) == 1 else _shares(conn, ready, limit, now)
+            for queue, share in shares.items():
+                rows = conn.execute(
+                    Q[statement],
+                    {
+                        "queue": queue,
+                        "now": now,
+                        "owner": owner,
+                        "lease_expires_at": now + lease_seconds,
+                        "limit": share,
+                    },
+                ).fetchall()
+                claimed.extend(ClaimedJob(*row) for row in rows)
+        claimed.sort(key=lambda j: (-j.priority, j.id))
+        if claimed:
+            self._committed()
+            if logger.isEnabledFor(logging.INFO):
+                verb = "processing" if statement == "claim" else "delivered and removed (no ack)"
+                for job in claimed:
+                    logger.info("job %d: %s (attempt %d, %s)", job.id, verb, job.attempts, owner)
+        return claimed
+
+    def ack(self, job_id: int, owner: str, retention: float | None = None) -> bool:
+        """Complete a processing job (delete it when retention is 0). False if the lease was lost."""
+        return not self.ack_many([job_id], owner, retention)
+
+    def ack_many(self, job_ids: Sequence[int], owner: str, retention: float | None = None) -> list[int]:
+        """Complete processing jobs in one transaction; returns the ids whose lease was lost."""
+        if not job_ids:
+            return []
+        if retention is None:
+            retention = self.settings()["retention"]
+        statement = Q["delete_processing"] if retention <= 0 else Q["complete"]
+        now = self.clock()
+        with self.db.write() as conn:
+            done = {r[0] for r in conn.execute(statement, {"ids": json.dumps(list(job_ids)), "owner": owner, "now": now})}
+        lost = [job_id for job_id in job_ids if job_id not in done]
+        self._committed()
+        for job_id in lost:
+            logger.warning("job %d: ack ignored, %s no longer holds its lease", job_id, owner)
+        if logger.isEnabledFor(logging.INFO):
+            for job_id in job_ids:
+                if job_id not in lost:
+                    logger.info("job %d: completed", job_id)
+        return lost
+
+    def requeue(self, job_id: int, owner: str) -> bool:
+        """Put a processing job back to pending as it was (the attempt does not count)."""
+        with self.db.write() as conn:
+            changed = conn.execute(
+                Q["requeue"], {"id": job_id, "owner": owner, "now": self.clock()}
+            ).rowcount
+        self._committed()
+        if not changed:
+            logger.warning("job %d: requeue ignored, %s no longer holds its lease", job_id, owner)
+            return False
+        logger.info("job %d: pending (requeued)", job_id)
+        return True
+
+    def fail(
+        self,
+        job_id: int,
+        owner: str,
+        error: str | None = None,
+        *,
+        max_retries: int | None = None,
+        backoff_base: float | None = None,
+    ) -> JobState | None:
+        """Apply the retry policy to a processing job whose attempt failed.
+
+        Settings not given come from the config table, read in the same transaction, so a change
+        applies to the next failure. Returns the new state, or None if the lease was lost.
+        """
+        now = self.clock()
+        with self.db.write() as conn:
+            row = conn.execute(Q["get_processing"], {"id": job_id, "owner": owner}).fetchone()
+            if row is None:
+                new_state = None
+            else:
+                config = settings_mod.from_rows({r[0]: r[1] for r in conn.execute(Q["get_config"])})
+                policy = RetryPolicy(
+                    max_retries=config["max_retries"] if max_retries is None else max_retries,
+                    backoff_base=config["backoff_base"] if backoff_base is None else backoff_base,
+                )
+                decision = policy.decide(row["attempts"], now, row["max_retries"])
+                reason = error or row["last_error"] or "rejected"
+                params = {"id": job_id, "owner": owner, "now": now, "error": reason}
+                if decision.state is JobState.FAILED:
+                    conn.execute(Q["retry_later"], {**params, "next_run_at": decision.next_run_at})
+                else:
+                    conn.execute(Q["bury"], params)
+                new_state = decision.state
+        self._committed()
+        if new_state is None:
+            logger.warning("job %d: reject ignored, %s no longer holds its lease", job_id, owner)
+        elif new_state is JobState.DEAD:
+            logger.warning(
+                "job %d: dead after %d attempts (retries exceeded): %s", job_id, row["attempts"], reason
+            )
+        else:
+            logger.info(
+                "job %d: failed, retry in %.3gs (attempt %d): %s",
+                job_id, decision.next_run_at - now, row["attempts"], reason,
+            )
+        return new_state
+
+    def record_error(self, task_id: str, error: str) -> None:
+        """Keep the error of a running task, for the reject that follows."""
+        with self.db.write() as conn:
+            conn.execute(Q["record_error"], {"task_id": task_id, "error": error})
+        self._committed()
+
+    def dlq_retry(self, job_id: int) -> None:
+        """Move one dead job back to pending with its attempts reset."""
+        with self.db.write() as conn:
+            changed = conn.execute(Q["revive"], {"id": job_id, "now": self.clock()}).rowcount
+            if not changed:
+                row = conn.execute(Q["get_job"], {"id": job_id}).fetchone()
+                if row is None:
+                    raise JobNotFound(f"no job with id {job_id}")
+                raise InvalidTransition(f"job {job_id} is {row['state']}, not dead")
+        self._committed()
+        logger.info("job %d: pending (dlq retry)", job_id)
+
+    def dlq_retry_all(self) -> list[int]:
+        """Move every dead job back to pending; returns their ids."""
+        with self.db.write() as conn:
+            ids = [r[0] for r in conn.execute(Q["revive_all"], {"now": self.clock()}).fetchall()]
+        self._committed()
+        for job_id in ids:
+            logger.info("job %d: pending (dlq retry)", job_id)
+        return ids
+
+    def dlq_purge(self) -> int:
+        """Delete every dead job; returns how many."""
+        with self.db.write() as conn:
+            n = len(conn.execute(Q["delete_dead"]).fetchall())
+        self._committed()
+        if n:
+            logger.info("deleted %d dead jobs", n)
+        return n
+
+
+def _log_pending(ids: Iterable[int]) -> None:
+    if logger.isEnabledFor(logging.INFO):
+        for job_id in ids:
+            logger.info("job %d: pending", job_id)
+
+
+def _insert_params(job: NewJob, now: float) -> dict[str, Any]:
+    return {
+        "task_id": job.task_id,
+        "task_name": job.task_name,
+        "queue": job.queue,
+        "priority": job.priority,
+        "payload": job.payload,
+        "max_retries": job.max_retries,
+        "next_run_at": now if job.next_run_at is None else job.next_run_at,
+        "expires_at": job.expires_at,
+        "now": now,
+    }
