@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from kombu.transport import TRANSPORT_ALIASES
 
-from .db import check_path, url_path
+from .paths import check_path, url_path
 from .exceptions import (
     DatabaseMoved,
     DatabaseUnusable,

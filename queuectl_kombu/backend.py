@@ -52,7 +52,8 @@ from celery.exceptions import ChordError
 from celery.result import GroupResult, ResultSet, result_from_tuple
 from kombu.utils.encoding import bytes_to_str
 
-from .db import SCHEME, is_busy, url_path
+from .db import is_busy
+from .paths import SCHEME, url_path
 from .exceptions import DatabaseUnusable
 from .results import ResultStore, Value, result_store
 

@@ -284,7 +284,7 @@ store = JobStore(path)
 store.open()
 inside = threading.Event()
 
-def keeper():  # like the LeaseKeeper thread: a short write transaction
+def keeper():  # like the housekeeper thread: a short write transaction
     with store.db.write() as conn:
         conn.execute("UPDATE queues SET last_used_at = last_used_at")
         inside.set()

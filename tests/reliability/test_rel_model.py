@@ -399,7 +399,7 @@ class JobStoreMachine(RuleBasedStateMachine):
         self._keeper_tick()
 
     def _keeper_tick(self) -> None:
-        """What a LeaseKeeper does each tick: recover expired leases, expire messages, prune."""
+        """What the housekeeper does each tick: recover expired leases, expire messages, prune."""
         self._recover()
         self.housekeeping("expire")
         self.housekeeping("prune")
