@@ -31,10 +31,17 @@ def _sql_text(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+_READY_SQL = "(" + ", ".join(_sql_text(s.value) for s in READY_STATES) + ")"
+
 #: What the SQL files write as {NAME}: the same rules, as SQL text.
 SQL_TOKENS: dict[str, str] = {
     "MAX_PRIORITY": str(MAX_PRIORITY),
-    "READY_STATES": "(" + ", ".join(_sql_text(s.value) for s in READY_STATES) + ")",
+    "READY_STATES": _READY_SQL,
+    # A row of :queue that a claim may take at :now: waiting, due, and not past its TTL.
+    "DUE_IN_QUEUE": (
+        f"queue = :queue AND state IN {_READY_SQL} AND next_run_at <= :now "
+        "AND (expires_at IS NULL OR expires_at > :now)"
+    ),
     "JOB_QUEUE": (
         f"(queue NOT LIKE {_sql_text('%' + CONTROL_QUEUE_SUFFIX)} "
         f"AND queue NOT LIKE {_sql_text(EVENT_QUEUE_PREFIX + '%')})"

@@ -30,8 +30,7 @@ SELECT seq FROM sqlite_sequence WHERE name = 'jobs'
 
 -- name: has_ready
 SELECT 1 FROM jobs
-WHERE queue = :queue AND state IN {READY_STATES} AND next_run_at <= :now
-  AND (expires_at IS NULL OR expires_at > :now)
+WHERE {DUE_IN_QUEUE}
 LIMIT 1
 
 -- name: claim
@@ -40,8 +39,7 @@ SET state = 'processing', attempts = attempts + 1, deliveries = deliveries + 1, 
     lease_expires_at = :lease_expires_at, updated_at = :now
 WHERE id IN (
     SELECT id FROM jobs
-    WHERE queue = :queue AND state IN {READY_STATES} AND next_run_at <= :now
-      AND (expires_at IS NULL OR expires_at > :now)
+    WHERE {DUE_IN_QUEUE}
     ORDER BY priority DESC, id
     LIMIT :limit
 )
@@ -51,8 +49,7 @@ RETURNING id, queue, priority, attempts, task_id, payload, deliveries
 -- The claim order of one queue's first :limit ready rows: a consumer of several queues merges
 -- them, so that it takes messages across its queues in the order they were published.
 SELECT priority, id FROM jobs
-WHERE queue = :queue AND state IN {READY_STATES} AND next_run_at <= :now
-  AND (expires_at IS NULL OR expires_at > :now)
+WHERE {DUE_IN_QUEUE}
 ORDER BY priority DESC, id
 LIMIT :limit
 
@@ -69,8 +66,7 @@ LIMIT :limit
 DELETE FROM jobs
 WHERE id IN (
     SELECT id FROM jobs
-    WHERE queue = :queue AND state IN {READY_STATES} AND next_run_at <= :now
-      AND (expires_at IS NULL OR expires_at > :now)
+    WHERE {DUE_IN_QUEUE}
     ORDER BY priority DESC, id
     LIMIT :limit
 )
