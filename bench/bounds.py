@@ -141,8 +141,9 @@ def bulk_bounds(rounds: int, n: int) -> dict[str, Any]:
             specs = [spec for _, spec in bulk.iter_jobs(jobs, None, {"queue": QUEUE})]
             parts["parse_s"].append(time.perf_counter() - t0)
 
-            app = queuectl_app(os.path.join(workdir, "built.db"))
-            publisher = bulk.BulkPublisher(app)
+            built = os.path.join(workdir, "built.db")
+            app = queuectl_app(built)
+            publisher = bulk.BulkPublisher(app, JobStore.shared(built))
             t0 = time.perf_counter()
             batches = list(publisher.batches(specs, bulk.INSERT_BATCH))
             parts["build_s"].append(time.perf_counter() - t0)
