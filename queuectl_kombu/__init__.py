@@ -10,6 +10,7 @@ from kombu.transport import TRANSPORT_ALIASES
 
 from .paths import check_path, url_path
 from .exceptions import (
+    DatabaseLocked,
     DatabaseMoved,
     DatabaseUnusable,
     DuplicateJob,
@@ -35,6 +36,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULTS",
+    "DatabaseLocked",
     "DatabaseMoved",
     "DatabaseUnusable",
     "DuplicateJob",
