@@ -23,7 +23,9 @@ from queuectl_kombu import InvalidConfig, JobState, NewJob
 from queuectl_kombu import settings as settings_mod
 from queuectl_kombu.retry import RetryPolicy
 
-from .helpers import COUNTS, Clock, config_rows, fresh_store, integrity, raw, rel_settings
+from tests.support.clock import Clock
+
+from .helpers import COUNTS, config_rows, fresh_store, integrity, raw, rel_settings
 from .strategies import LIMITS, boundaries, config_keys, config_values, expected_setting
 
 #: The longest backoff, as documented: a year.
