@@ -27,13 +27,19 @@ def run_times(harness, task_id: str) -> list[float]:
     return [e.time for e in harness.events("run") if e.task_id == task_id]
 
 
-def test_failing_task_retries_with_backoff_then_dead(harness):
+def start_failing_task(harness, tag: str):
+    """max_retries 2 and backoff_base 2 in the file, a worker, and a task that always fails:
+    (store, worker, task id)."""
     store = harness.store()
     store.set_config("max_retries", 2)
     store.set_config("backoff_base", 2)
     harness.conf = RETRY_CONF
     worker = harness.start_worker(pool="prefork", concurrency=2)
-    task_id = harness.send(SEND_FAIL.format(tag="doomed"))
+    return store, worker, harness.send(SEND_FAIL.format(tag=tag))
+
+
+def test_failing_task_retries_with_backoff_then_dead(harness):
+    store, worker, task_id = start_failing_task(harness, "doomed")
 
     harness.wait_for(lambda: store.jobs_for_task(task_id)[0].state is JobState.DEAD, 30, interval=0.05,
                      what=lambda: f"the row to be dead; runs so far {len(run_times(harness, task_id))}")
@@ -55,12 +61,7 @@ def test_failing_task_retries_with_backoff_then_dead(harness):
 
 
 def test_config_change_applies_to_next_failure_without_restart(harness):
-    store = harness.store()
-    store.set_config("max_retries", 2)
-    store.set_config("backoff_base", 2)
-    harness.conf = RETRY_CONF
-    worker = harness.start_worker(pool="prefork", concurrency=2)
-    task_id = harness.send(SEND_FAIL.format(tag="reconfigured"))
+    store, worker, task_id = start_failing_task(harness, "reconfigured")
 
     # first failure handled with the old settings: waiting 2 ** 1 s
     harness.wait_for(lambda: store.jobs_for_task(task_id)[0].state is JobState.FAILED, 15, interval=0.02,
