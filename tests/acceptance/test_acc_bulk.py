@@ -47,7 +47,8 @@ def test_bulk_tasks_retention_0_keep_the_file_small(harness):
         samples.append((time.monotonic() - started, done, *sizes))
         return done >= total and all(not p.alive() for p in producers)
 
-    harness.wait_for(progress, BULK_TIMEOUT, interval=1.0, what=lambda: f"{total} runs, have {count_lines(harness.execlog)}")
+    harness.wait_for(progress, BULK_TIMEOUT, interval=1.0,
+                     what=lambda: f"{total} runs, have {count_lines(harness.execlog)}")
     harness.wait_producers(producers, timeout=5)
     store = harness.store()
     harness.wait_for(lambda: sum(store.counts().values()) == 0, 30, interval=0.2,

@@ -179,7 +179,8 @@ def test_task_longer_than_lease_not_delivered_twice(harness):
     w2 = harness.start_worker(pool="prefork", concurrency=2)
     task_id = harness.send("import qapp\nprint(qapp.sleepy.delay('long', 6).id)")
     harness.wait_for(lambda: events_for(harness, task_id, "end"), 20, interval=0.1, what="the 6 s task to finish")
-    harness.wait_for(lambda: store.jobs_for_task(task_id)[0].state is JobState.COMPLETED, 5, interval=0.05, what="row completed")
+    harness.wait_for(lambda: store.jobs_for_task(task_id)[0].state is JobState.COMPLETED, 5, interval=0.05,
+                     what="row completed")
     starts = events_for(harness, task_id, "start")
     assert len(starts) == 1, f"delivered more than once while its worker lived: {starts}"
     [end] = events_for(harness, task_id, "end")

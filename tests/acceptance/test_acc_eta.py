@@ -46,7 +46,8 @@ def test_countdown_not_early_survives_restart_runs_once(harness):
     assert run.time >= eta, f"ran {eta - run.time:.3f}s before its eta"
     assert run.time < max(eta, w2_ready_at) + 3, f"ran {run.time - eta:.2f}s after its eta"
     assert run.pgid == w2.pgid and run.task_id == task_id
-    harness.wait_for(lambda: store.jobs_for_task(task_id)[0].state is JobState.COMPLETED, 5, interval=0.05, what="row completed")
+    harness.wait_for(lambda: store.jobs_for_task(task_id)[0].state is JobState.COMPLETED, 5, interval=0.05,
+                     what="row completed")
     [done] = store.jobs_for_task(task_id)
     assert done.attempts == 1, done
     # stop w2 gracefully: still exactly one run

@@ -74,7 +74,8 @@ def test_reply_and_event_queues_of_dead_clients_disappear(env: Env) -> None:
         seen |= bound_receivers()
         batch = [env.celery(f"ev{killed + i}", "events", "--dump") for i in range(BATCH)]
         wait_for(lambda: len(bound_receivers() - seen) >= BATCH and all(
-            "heartbeat" in p.output() for p in batch), 60, interval=0.2, what="a batch of event receivers to get heartbeats")
+            "heartbeat" in p.output() for p in batch), 60, interval=0.2,
+            what="a batch of event receivers to get heartbeats")
         seen |= bound_receivers()
         for p in batch:
             p.signal_group(signal.SIGKILL)

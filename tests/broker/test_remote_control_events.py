@@ -328,7 +328,8 @@ def test_broadcast_runs_on_every_worker(cluster: Cluster) -> None:
     def hosts() -> set[str]:
         return {r.hostname for r in env.runs("bcast") if r.tag == tag}
 
-    wait_for(lambda: hosts() == {cluster.w1.hostname, cluster.w2.hostname}, 30, what="both workers to run the broadcast")
+    wait_for(lambda: hosts() == {cluster.w1.hostname, cluster.w2.hostname}, 30,
+             what="both workers to run the broadcast")
     markers = [cluster.send("b.record", f"{tag}-m", queue=f"{cluster.ns}q-{w}") for w in ("w1", "w2")]
     wait_for(lambda: all(runs_of(env, m) for m in markers), 30, what="markers")
     assert len([r for r in env.runs("bcast") if r.tag == tag]) == 2  # one copy each, no more

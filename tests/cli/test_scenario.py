@@ -102,7 +102,8 @@ def test_reference_scenario(procs: Processes, tmp_path: Path) -> None:
     stopping = subprocess.Popen([procs.exe, "worker", "stop", "--timeout", "60"], env=procs.env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        wait_for(lambda: "Got shutdown from remote" in worker_log.read_text(), 30, what="the worker to get the shutdown")
+        wait_for(lambda: "Got shutdown from remote" in worker_log.read_text(), 30,
+                 what="the worker to get the shutdown")
         assert stopping.poll() is None  # still waiting for the running job
         assert not end.exists() and pid_running(pid)
         release.touch()

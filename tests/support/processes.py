@@ -103,7 +103,8 @@ def run(argv: Sequence[str], env: dict[str, str], timeout: float, cwd: Path | st
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
-        raise WaitTimeout(f"{list(argv)[:4]} did not finish within {timeout:g}s\nstdout: {out}\nstderr: {err}") from None
+        raise WaitTimeout(f"{list(argv)[:4]} did not finish within {timeout:g}s\n"
+                          f"stdout: {out}\nstderr: {err}") from None
     return subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
 
 
