@@ -99,7 +99,7 @@ def test_worker_on_bad_path_exits_nonzero_quickly(kind, harness, tmp_path):
     path = make_bad_path(kind, tmp_path)
     before = snapshot(path)
     worker = harness.start_worker(pool="prefork", concurrency=1, db=path, wait_ready=False)
-    rc = worker.wait_exit(30)
+    rc = worker.wait(30)
     output = worker.output()
     assert rc != 0, f"worker exited with 0\n{worker.tail()}"
     assert path in output, worker.tail()

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from .conftest import count_lines, read_events
+from tests.support.events import count_lines
 from .test_acc_volume import MB, WAL_PEAK_LIMIT, file_size
 
 #: The issue asks for 100,000 tasks. That costs ~2.4 ms of CPU per task (publish ~0.9 ms, worker
@@ -45,15 +45,16 @@ def test_bulk_tasks_retention_0_keep_the_file_small(harness):
         sizes = file_size(db), file_size(wal)
         peak["db"], peak["wal"] = max(peak["db"], sizes[0]), max(peak["wal"], sizes[1])
         samples.append((time.monotonic() - started, done, *sizes))
-        return done >= total and all(p.poll() is not None for p in producers)
+        return done >= total and all(not p.alive() for p in producers)
 
-    harness.wait_for(progress, BULK_TIMEOUT, 1.0, lambda: f"{total} runs, have {count_lines(harness.execlog)}")
+    harness.wait_for(progress, BULK_TIMEOUT, interval=1.0,
+                     what=lambda: f"{total} runs, have {count_lines(harness.execlog)}")
     harness.wait_producers(producers, timeout=5)
     store = harness.store()
-    harness.wait_for(lambda: sum(store.counts().values()) == 0, 30, 0.2,
-                     lambda: f"every row deleted on ack, have {store.counts()}")
+    harness.wait_for(lambda: sum(store.counts().values()) == 0, 30, interval=0.2,
+                     what=lambda: f"every row deleted on ack, have {store.counts()}")
     drained = time.monotonic()
-    runs = read_events(harness.execlog)
+    runs = harness.events()
     assert len(runs) == total and len({e.tag for e in runs}) == total, "each task ran exactly once"
     sizes = {"db": file_size(db), "wal": file_size(wal)}
     quarter = next(s for s in samples if s[1] >= total // 4)
@@ -71,4 +72,4 @@ def test_bulk_tasks_retention_0_keep_the_file_small(harness):
     assert peak["wal"] <= WAL_PEAK_LIMIT, (peak, wal_peak_at)
     # the file stops growing once the backlog is reached: no growth with the number of tasks
     assert sizes["db"] <= quarter[2] * 1.5 + 2 * MB, (quarter, sizes)
-    assert worker.proc.poll() is None, worker.tail()
+    assert worker.popen.poll() is None, worker.tail()

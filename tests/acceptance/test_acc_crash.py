@@ -13,7 +13,6 @@ import pytest
 
 from queuectl_kombu import JobState
 
-from .conftest import read_events
 
 LEASE = 3.0
 TASK_SECONDS = 10.0
@@ -35,7 +34,7 @@ print(qapp.sleepy.apply_async(({tag!r}, {seconds}), queue={queue!r}).id)
 
 
 def events_for(harness, task_id: str, event: str | None = None):
-    return [e for e in read_events(harness.execlog, event) if e.task_id == task_id]
+    return [e for e in harness.events(event) if e.task_id == task_id]
 
 
 @pytest.mark.slow
@@ -58,7 +57,7 @@ def test_sigkill_mid_task_ten_rounds_nothing_lost(harness):
         for r in range(rounds):
             tag = f"lane{lane_no}-round{r}"
             task_id = harness.send(SEND_SLEEPY.format(tag=tag, seconds=TASK_SECONDS, queue=queue))
-            harness.wait_for(lambda: events_for(harness, task_id, "start"), 20, 0.05, f"{tag} to start")
+            harness.wait_for(lambda: events_for(harness, task_id, "start"), 20, interval=0.05, what=f"{tag} to start")
             [first] = events_for(harness, task_id, "start")
             assert first.pgid == victim.pgid, "only the victim consumes this queue so far"
 
@@ -73,21 +72,21 @@ def test_sigkill_mid_task_ten_rounds_nothing_lost(harness):
             [row] = store.jobs_for_task(task_id)  # the last lease the victim renewed
             assert row.state is JobState.PROCESSING and row.lease_expires_at > killed_at, row
             lease_at_kill = row.lease_expires_at
-            victim.wait_group_gone()
+            victim.wait_group_gone(zombies=True)
             assert not events_for(harness, task_id, "end"), f"{tag} ended before the kill: kill it earlier"
             # a fresh worker, started after the kill (starting it before could delay the kill past the
             # task's end on a loaded machine); its start-up overlaps the wait for the lease to expire
             rescuer = start_worker(queue)  # returns once the rescuer is ready
             rescuer_ready = time.time()
 
-            harness.wait_for(lambda: len(events_for(harness, task_id, "start")) == 2, LEASE + 20, 0.05,
-                             f"{tag} to be delivered again after the lease expired")
+            harness.wait_for(lambda: len(events_for(harness, task_id, "start")) == 2, LEASE + 20, interval=0.05,
+                             what=f"{tag} to be delivered again after the lease expired")
             second = events_for(harness, task_id, "start")[1]
             assert second.pgid == rescuer.pgid
-            harness.wait_for(lambda: events_for(harness, task_id, "end"), TASK_SECONDS + 15, 0.1,
-                             f"{tag} to complete on the rescuer")
-            harness.wait_for(lambda: store.jobs_for_task(task_id)[0].state is JobState.COMPLETED, 10, 0.05,
-                             f"{tag} row completed")
+            harness.wait_for(lambda: events_for(harness, task_id, "end"), TASK_SECONDS + 15, interval=0.1,
+                             what=f"{tag} to complete on the rescuer")
+            harness.wait_for(lambda: store.jobs_for_task(task_id)[0].state is JobState.COMPLETED, 10, interval=0.05,
+                             what=f"{tag} row completed")
             [done] = store.jobs_for_task(task_id)
             with lock:
                 results.append({
@@ -114,8 +113,8 @@ def test_sigkill_mid_task_ten_rounds_nothing_lost(harness):
         # several seconds to start a worker)
         assert res["second_start"] - max(res["lease_at_kill"], res["rescuer_ready"]) < 5, res
         assert res["attempts"] == 2, res
-    starts = collections.Counter(e.task_id for e in read_events(harness.execlog, "start"))
-    ends = collections.Counter(e.task_id for e in read_events(harness.execlog, "end"))
+    starts = collections.Counter(e.task_id for e in harness.events("start"))
+    ends = collections.Counter(e.task_id for e in harness.events("end"))
     ids = {r["task_id"] for r in results}
     assert set(starts) == ids and set(starts.values()) == {2}, starts
     assert set(ends) == ids and set(ends.values()) == {1}, "each task completed exactly once"
@@ -140,21 +139,21 @@ def test_sigterm_hands_back_prefetched_messages_at_once(harness):
         f"print(','.join(qapp.sleepy.delay('slow-%d' % i, 3).id for i in range({n})))"
     ).split(",")
     worker = harness.start_worker(pool="prefork", concurrency=1, prefetch_multiplier=4)
-    harness.wait_for(lambda: read_events(harness.execlog, "start"), 20, 0.05, "the first task to start")
+    harness.wait_for(lambda: harness.events("start"), 20, interval=0.05, what="the first task to start")
     # the worker holds the first task and has prefetched three more (prefetch 4 = 1 x 4)
-    harness.wait_for(lambda: store.counts()[JobState.PROCESSING] == 4, 5, 0.05, "4 claimed messages")
+    harness.wait_for(lambda: store.counts()[JobState.PROCESSING] == 4, 5, interval=0.05, what="4 claimed messages")
     claimed = store.list_jobs(state=JobState.PROCESSING)
     assert all(f":{worker.pid}:" in j.lease_owner for j in claimed)
-    [running] = read_events(harness.execlog, "start")
-    assert not read_events(harness.execlog, "end"), "SIGTERM must come while the first task runs"
+    [running] = harness.events("start")
+    assert not harness.events("end"), "SIGTERM must come while the first task runs"
 
     worker.terminate()  # warm shutdown: the running task finishes, the prefetched ones go back
-    rc = worker.wait_exit(30)
+    rc = worker.wait(30)
     exited_at = time.time()
     rows = {j.task_id: j for j in store.list_jobs()}
     assert rc == 0, worker.tail()
     assert rows[running.task_id].state is JobState.COMPLETED
-    assert [e.task_id for e in read_events(harness.execlog, "end")] == [running.task_id]
+    assert [e.task_id for e in harness.events("end")] == [running.task_id]
     rest = [rows[t] for t in ids if t != running.task_id]
     # handed back now, not after a lease expiry: pending, no lease, attempt not counted
     assert [j.state for j in rest] == [JobState.PENDING] * (n - 1), rest
@@ -163,9 +162,9 @@ def test_sigterm_hands_back_prefetched_messages_at_once(harness):
     assert all(j.next_run_at <= exited_at for j in rest), rest
 
     harness.start_worker(pool="prefork", concurrency=4)
-    harness.wait_for(lambda: len(read_events(harness.execlog, "end")) == n, 30, 0.1, "every task to finish")
-    harness.wait_for(lambda: store.counts()[JobState.COMPLETED] == n, 10, 0.05, "every row completed")
-    starts = collections.Counter(e.task_id for e in read_events(harness.execlog, "start"))
+    harness.wait_for(lambda: len(harness.events("end")) == n, 30, interval=0.1, what="every task to finish")
+    harness.wait_for(lambda: store.counts()[JobState.COMPLETED] == n, 10, interval=0.05, what="every row completed")
+    starts = collections.Counter(e.task_id for e in harness.events("start"))
     assert starts == {t: 1 for t in ids}, "each task ran exactly once"
 
 
@@ -179,8 +178,9 @@ def test_task_longer_than_lease_not_delivered_twice(harness):
     w1 = harness.start_worker(pool="prefork", concurrency=2)
     w2 = harness.start_worker(pool="prefork", concurrency=2)
     task_id = harness.send("import qapp\nprint(qapp.sleepy.delay('long', 6).id)")
-    harness.wait_for(lambda: events_for(harness, task_id, "end"), 20, 0.1, "the 6 s task to finish")
-    harness.wait_for(lambda: store.jobs_for_task(task_id)[0].state is JobState.COMPLETED, 5, 0.05, "row completed")
+    harness.wait_for(lambda: events_for(harness, task_id, "end"), 20, interval=0.1, what="the 6 s task to finish")
+    harness.wait_for(lambda: store.jobs_for_task(task_id)[0].state is JobState.COMPLETED, 5, interval=0.05,
+                     what="row completed")
     starts = events_for(harness, task_id, "start")
     assert len(starts) == 1, f"delivered more than once while its worker lived: {starts}"
     [end] = events_for(harness, task_id, "end")
@@ -190,4 +190,4 @@ def test_task_longer_than_lease_not_delivered_twice(harness):
     # no lease expiry was logged by either worker
     for w in (w1, w2):
         assert "lease expired" not in w.output() and "ack ignored" not in w.output(), w.tail()
-    assert w1.proc.poll() is None and w2.proc.poll() is None
+    assert w1.popen.poll() is None and w2.popen.poll() is None

@@ -7,7 +7,6 @@ import pytest
 
 from queuectl_kombu import JobState
 
-from .conftest import read_events
 
 N_TASKS = 40
 
@@ -21,12 +20,12 @@ print(",".join(ids))
 def run_batch(harness, app: str) -> None:
     ids = harness.send(SEND.replace("qapp", app).format(n=N_TASKS)).split(",")
     assert len(set(ids)) == N_TASKS
-    harness.wait_for(lambda: len(read_events(harness.execlog)) >= N_TASKS, 30, 0.1,
-                     lambda: f"{N_TASKS} runs, have {len(read_events(harness.execlog))}")
+    harness.wait_for(lambda: len(harness.events()) >= N_TASKS, 30, interval=0.1,
+                     what=lambda: f"{N_TASKS} runs, have {len(harness.events())}")
     store = harness.store()
-    harness.wait_for(lambda: store.counts()[JobState.COMPLETED] == N_TASKS, 15, 0.1,
-                     lambda: f"{N_TASKS} completed rows, have {store.counts()}")
-    runs = read_events(harness.execlog)
+    harness.wait_for(lambda: store.counts()[JobState.COMPLETED] == N_TASKS, 15, interval=0.1,
+                     what=lambda: f"{N_TASKS} completed rows, have {store.counts()}")
+    runs = harness.events()
     assert sorted(e.task_id for e in runs) == sorted(ids), "each published task ran exactly once"
     assert sorted(e.tag for e in runs) == sorted(f"t-{i}" for i in range(N_TASKS))
     counts = store.counts()
@@ -42,7 +41,7 @@ def test_url_only_app_runs_tasks_under_pool(harness, pool):
     concurrency = 1 if pool == "solo" else 4
     worker = harness.start_worker(pool=pool, concurrency=concurrency)
     run_batch(harness, "qapp")
-    runs = read_events(harness.execlog)
+    runs = harness.events()
     if pool == "prefork":
         assert all(e.pid != worker.pid and e.pgid == worker.pgid for e in runs), "ran in pool children"
     else:

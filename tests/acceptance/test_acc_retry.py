@@ -8,7 +8,6 @@ import pytest
 
 from queuectl_kombu import JobState
 
-from .conftest import read_events
 
 RETRY_CONF = {
     "task_acks_late": True,
@@ -25,19 +24,25 @@ def assert_gap(gap: float, expected: float) -> None:
 
 
 def run_times(harness, task_id: str) -> list[float]:
-    return [e.time for e in read_events(harness.execlog, "run") if e.task_id == task_id]
+    return [e.time for e in harness.events("run") if e.task_id == task_id]
 
 
-def test_failing_task_retries_with_backoff_then_dead(harness):
+def start_failing_task(harness, tag: str):
+    """max_retries 2 and backoff_base 2 in the file, a worker, and a task that always fails:
+    (store, worker, task id)."""
     store = harness.store()
     store.set_config("max_retries", 2)
     store.set_config("backoff_base", 2)
     harness.conf = RETRY_CONF
     worker = harness.start_worker(pool="prefork", concurrency=2)
-    task_id = harness.send(SEND_FAIL.format(tag="doomed"))
+    return store, worker, harness.send(SEND_FAIL.format(tag=tag))
 
-    harness.wait_for(lambda: store.jobs_for_task(task_id)[0].state is JobState.DEAD, 30, 0.05,
-                     lambda: f"the row to be dead; runs so far {len(run_times(harness, task_id))}")
+
+def test_failing_task_retries_with_backoff_then_dead(harness):
+    store, worker, task_id = start_failing_task(harness, "doomed")
+
+    harness.wait_for(lambda: store.jobs_for_task(task_id)[0].state is JobState.DEAD, 30, interval=0.05,
+                     what=lambda: f"the row to be dead; runs so far {len(run_times(harness, task_id))}")
     times = run_times(harness, task_id)
     assert len(times) == 3, f"1 + max_retries = 3 runs, got {len(times)}"
     gaps = [b - a for a, b in zip(times, times[1:])]
@@ -46,34 +51,29 @@ def test_failing_task_retries_with_backoff_then_dead(harness):
     [row] = store.jobs_for_task(task_id)
     assert row.attempts == 3 and row.lease_owner is None, row
     assert row.last_error and "AlwaysFails" in row.last_error and "doomed" in row.last_error, row.last_error
-    assert {e.pgid for e in read_events(harness.execlog)} == {worker.pgid}
+    assert {e.pgid for e in harness.events()} == {worker.pgid}
     # dead is final: after a graceful stop nothing ran again and the row is still dead
     worker.terminate()
-    assert worker.wait_exit(30) == 0
+    assert worker.wait(30) == 0
     assert len(run_times(harness, task_id)) == 3
     assert store.jobs_for_task(task_id)[0].state is JobState.DEAD
     print(f"\ngaps between runs: {[round(g, 2) for g in gaps]}")
 
 
 def test_config_change_applies_to_next_failure_without_restart(harness):
-    store = harness.store()
-    store.set_config("max_retries", 2)
-    store.set_config("backoff_base", 2)
-    harness.conf = RETRY_CONF
-    worker = harness.start_worker(pool="prefork", concurrency=2)
-    task_id = harness.send(SEND_FAIL.format(tag="reconfigured"))
+    store, worker, task_id = start_failing_task(harness, "reconfigured")
 
     # first failure handled with the old settings: waiting 2 ** 1 s
-    harness.wait_for(lambda: store.jobs_for_task(task_id)[0].state is JobState.FAILED, 15, 0.02,
-                     "the first failure to be recorded")
+    harness.wait_for(lambda: store.jobs_for_task(task_id)[0].state is JobState.FAILED, 15, interval=0.02,
+                     what="the first failure to be recorded")
     row = store.jobs_for_task(task_id)[0]
     assert row.attempts == 1 and len(run_times(harness, task_id)) == 1, row
     assert row.next_run_at - row.updated_at == pytest.approx(2.0, abs=0.01)
     store.set_config("backoff_base", 1.5)
     store.set_config("max_retries", 3)
 
-    harness.wait_for(lambda: store.jobs_for_task(task_id)[0].state is JobState.DEAD, 30, 0.05,
-                     lambda: f"the row to be dead; runs so far {len(run_times(harness, task_id))}")
+    harness.wait_for(lambda: store.jobs_for_task(task_id)[0].state is JobState.DEAD, 30, interval=0.05,
+                     what=lambda: f"the row to be dead; runs so far {len(run_times(harness, task_id))}")
     times = run_times(harness, task_id)
     # the new max_retries (3) applies: 4 runs, where the old setting would have buried it after 3
     assert len(times) == 4, f"1 + 3 runs expected after raising max_retries, got {len(times)}"
@@ -84,6 +84,6 @@ def test_config_change_applies_to_next_failure_without_restart(harness):
     [row] = store.jobs_for_task(task_id)
     assert row.attempts == 4 and "AlwaysFails" in (row.last_error or ""), row
     # one worker process group did it all: no restart
-    assert worker.proc.poll() is None
-    assert {e.pgid for e in read_events(harness.execlog)} == {worker.pgid}
+    assert worker.popen.poll() is None
+    assert {e.pgid for e in harness.events()} == {worker.pgid}
     print(f"\ngaps between runs: {[round(g, 2) for g in gaps]}")

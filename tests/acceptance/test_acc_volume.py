@@ -9,7 +9,7 @@ import time
 
 from queuectl_kombu import JobState
 
-from .conftest import count_lines, read_events
+from tests.support.events import count_lines
 
 PRODUCERS = 4
 PER_PRODUCER = 5_000
@@ -22,14 +22,14 @@ def test_20k_tasks_4_producers_2_workers_exactly_once(harness):
     producers = [harness.start_producer(PER_PRODUCER, f"p{i}") for i in range(PRODUCERS)]
     harness.wait_producers(producers, timeout=120)
     published = time.monotonic()
-    harness.wait_for(lambda: count_lines(harness.execlog) >= total, 120, 0.5,
-                     lambda: f"{total} runs, have {count_lines(harness.execlog)}")
+    harness.wait_for(lambda: count_lines(harness.execlog) >= total, 120, interval=0.5,
+                     what=lambda: f"{total} runs, have {count_lines(harness.execlog)}")
     store = harness.store()
-    harness.wait_for(lambda: store.counts()[JobState.COMPLETED] == total, 30, 0.2,
-                     lambda: f"{total} completed rows, have {store.counts()}")
+    harness.wait_for(lambda: store.counts()[JobState.COMPLETED] == total, 30, interval=0.2,
+                     what=lambda: f"{total} completed rows, have {store.counts()}")
     drained = time.monotonic()
 
-    runs = read_events(harness.execlog)
+    runs = harness.events()
     by_tag = collections.Counter(e.tag for e in runs)
     expected = {f"p{p}-{i}" for p in range(PRODUCERS) for i in range(PER_PRODUCER)}
     missing = expected - set(by_tag)
@@ -79,9 +79,9 @@ def test_wal_stays_bounded_while_four_producers_publish(harness):
     def published() -> bool:
         nonlocal peak
         peak = max(peak, file_size(wal))
-        return all(p.poll() is not None for p in producers)
+        return all(not p.alive() for p in producers)
 
-    harness.wait_for(published, 120, 0.2, "the producers to finish")
+    harness.wait_for(published, 120, interval=0.2, what="the producers to finish")
     harness.wait_producers(producers, timeout=5)
     print(f"\npeak WAL while 4 producers published 8000 messages: {peak / MB:.1f} MiB")
     assert peak <= WAL_PEAK_LIMIT, f"WAL grew to {peak / MB:.1f} MiB"

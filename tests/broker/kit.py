@@ -1,5 +1,6 @@
 """Helpers of the broker tier: real SQLite files, real Celery worker / beat / events / flower
-processes started in their own session, stopped by process group in teardown.
+processes started in their own session (tests.support.processes), stopped by process group in
+teardown.
 
 Every process imports the app ``tests/broker/apps/bapp.py`` (see its docstring for the
 environment it reads). The test process itself talks to the broker through ``client_app``,
@@ -10,22 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import pytest
+from tests.support.events import Event, Layout, read_events
+from tests.support.paths import REPO
+from tests.support.peers import delete_keys, redis_client
+from tests.support.processes import Proc, Worker, celery_argv, child_env, run, stop_all
 
 APPS = Path(__file__).parent / "apps"
-REPO = Path(__file__).resolve().parents[2]
 if str(APPS) not in sys.path:
     sys.path.insert(0, str(APPS))
 
@@ -33,86 +32,8 @@ from bconf import build_app  # noqa: E402
 
 HOST = socket.gethostname()
 REDIS_URL = "redis://127.0.0.1:6379/13"
-
-T = TypeVar("T")
-
-
-# -- waiting ------------------------------------------------------------------------------------
-
-
-def wait_for(predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.1, what: str = "",
-             on_fail: Callable[[], str] | None = None) -> T:
-    """Call `predicate` until it returns something truthy; fail the test after `timeout` s
-    (with what `on_fail` returns in the message)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = predicate()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            extra = f"\n{on_fail()}" if on_fail else ""
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what or predicate!r} (last: {last!r}){extra}")
-        time.sleep(interval)
-
-
-# -- processes ----------------------------------------------------------------------------------
-
-
-class Proc:
-    """A subprocess started in its own session, its output in a file."""
-
-    def __init__(self, name: str, popen: subprocess.Popen, out: Path) -> None:
-        self.name = name
-        self.popen = popen
-        self.out = out
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def output(self) -> str:
-        try:
-            return self.out.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def signal_group(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.popen.pid, sig)
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM to the process, SIGKILL to its group after `timeout`; reap it."""
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                self.popen.send_signal(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.signal_group(signal.SIGKILL)
-            self.popen.wait(10)
-        # Pool children left behind by a killed parent: same process group.
-        self.signal_group(signal.SIGKILL)
-        return self.popen.returncode
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group and reap the leader."""
-        self.signal_group(signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(10)
-
-
-def stop_all(procs: list[Proc], timeout: float = 15.0) -> None:
-    """Stop several processes at once: SIGTERM to all, then wait for each."""
-    for p in procs:
-        if p.alive():
-            with contextlib.suppress(ProcessLookupError):
-                p.popen.send_signal(signal.SIGTERM)
-    for p in procs:
-        p.stop(timeout)
+#: A line of the execution log (``bconf.log_event``).
+LAYOUT: Layout = ("event", "task_id", "tag", "hostname", "pid", "time")
 
 
 class Env:
@@ -133,60 +54,44 @@ class Env:
         return REDIS_URL if self.broker == "redis" else "sqlite:///" + str(self.db)
 
     def environ(self, **extra: str) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            PYTHONPATH=os.pathsep.join([str(APPS), str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-            BTEST_DB=str(self.db),
-            BTEST_LOG=str(self.log),
-            BTEST_NS=self.ns,
-            BTEST_CONF=json.dumps(self.conf),
-            PYTHONUNBUFFERED="1",
-        )
-        env.pop("BTEST_QUEUE", None)
-        env.pop("BTEST_BEAT_EVERY", None)
+        env = child_env(APPS, REPO, unset=["BTEST_QUEUE", "BTEST_BEAT_EVERY", "BTEST_BROKER"],
+                        BTEST_DB=str(self.db), BTEST_LOG=str(self.log), BTEST_NS=self.ns,
+                        BTEST_CONF=json.dumps(self.conf), PYTHONUNBUFFERED="1")
         if self.broker == "redis":
             env["BTEST_BROKER"] = REDIS_URL
-        else:
-            env.pop("BTEST_BROKER", None)
         env.update(extra)
         return env
 
-    def spawn(self, name: str, args: list[str], **extra_env: str) -> Proc:
-        out = self.workdir / f"{name}.out"
-        fh = open(out, "ab")  # noqa: SIM115 - the child keeps its own descriptor
-        try:
-            popen = subprocess.Popen(
-                args, cwd=str(APPS), env=self.environ(**extra_env), stdout=fh, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-        finally:
-            fh.close()
-        proc = Proc(name, popen, out)
+    def _start(self, cls: type[Proc], name: str, args: list[str], extra_env: dict[str, str], **options: Any) -> Any:
+        proc = cls(name, args, env=self.environ(**extra_env), cwd=APPS, out=self.workdir / f"{name}.out", **options)
         self.procs.append(proc)
         return proc
 
+    def spawn(self, name: str, args: list[str], **extra_env: str) -> Proc:
+        """A process in the apps folder, with `extra_env` in its environment; output in <name>.out."""
+        return self._start(Proc, name, args, extra_env)
+
     def celery(self, name: str, *args: str, **extra_env: str) -> Proc:
-        return self.spawn(name, [sys.executable, "-m", "celery", "-A", "bapp", *args], **extra_env)
+        return self.spawn(name, celery_argv("bapp", *args), **extra_env)
 
     def run_celery(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
         """A celery CLI command to its end (exit code and output returned)."""
-        return subprocess.run(
-            [sys.executable, "-m", "celery", "-A", "bapp", *args], cwd=str(APPS), env=self.environ(),
-            capture_output=True, text=True, timeout=timeout, start_new_session=True,
-        )
+        return run(celery_argv("bapp", *args), self.environ(), timeout, cwd=APPS)
 
     def worker(self, name: str, *args: str, queue: str | None = None, events: bool = True,
                pool: tuple[str, ...] = ("-P", "prefork", "-c", "1"), **extra_env: str) -> Worker:
+        """A worker of bapp (with -E unless not `events`), also consuming `queue` when given;
+        wait_answering() waits until it is up."""
         hostname = f"{name}.{uuid.uuid4().hex[:6]}@{HOST}"
-        argv = ["worker", *pool, "--without-mingle", "--without-gossip", "-l", "INFO", "-n", hostname]
+        argv = celery_argv("bapp", "worker", *pool, "--without-mingle", "--without-gossip", "-l", "INFO",
+                           "-n", hostname)
         if events:
             argv.append("-E")
         argv += list(args)
         env = dict(extra_env)
         if queue:
             env["BTEST_QUEUE"] = queue
-        proc = self.celery(name, *argv, **env)
-        return Worker(proc, hostname, queue)
+        return self._start(Worker, name, argv, env, hostname=hostname, ready_timeout=60.0, ready_interval=0.2)
 
     def app(self, **conf: Any) -> Any:
         """A client app of this broker for the test process."""
@@ -196,23 +101,9 @@ class Env:
         self._apps.append(app)
         return app
 
-    def runs(self, event: str | None = None) -> list[dict[str, Any]]:
-        """The execution log: event, task_id, tag, hostname, pid, time."""
-        rows = []
-        try:
-            text = self.log.read_text()
-        except FileNotFoundError:
-            return rows
-        for line in text.splitlines():
-            parts = line.split()
-            if len(parts) != 6:
-                continue
-            row = dict(zip(("event", "task_id", "tag", "hostname", "pid", "time"), parts))
-            row["pid"] = int(row["pid"])
-            row["time"] = float(row["time"])
-            if event is None or row["event"] == event:
-                rows.append(row)
-        return rows
+    def runs(self, event: str | None = None) -> list[Event]:
+        """The execution log (event, task_id, tag, hostname, pid, time), lines of other shapes left out."""
+        return read_events(self.log, LAYOUT, event=event, strict=False)
 
     def close(self) -> None:
         stop_all(self.procs)
@@ -230,61 +121,18 @@ class Env:
             conn.close()
 
 
-class Worker:
-    def __init__(self, proc: Proc, hostname: str, queue: str | None) -> None:
-        self.proc = proc
-        self.hostname = hostname
-        self.queue = queue
+def wait_answering(worker: Worker, app: Any, timeout: float = 60.0) -> None:
+    """Until `worker` answers a ping from `app` (its remote control is up)."""
+    def answered() -> bool:
+        replies = app.control.ping(destination=[worker.hostname], timeout=1.0)
+        return any(worker.hostname in r for r in replies)
 
-    def wait_ready(self, app: Any, timeout: float = 60.0) -> None:
-        """Until the worker answers a ping (its remote control is up)."""
-
-        def answered() -> bool:
-            if not self.proc.alive():
-                pytest.fail(f"worker {self.hostname} exited ({self.proc.popen.returncode}):\n{self.proc.output()[-3000:]}")
-            replies = app.control.ping(destination=[self.hostname], timeout=1.0)
-            return any(self.hostname in r for r in replies)
-
-        wait_for(answered, timeout, interval=0.2, what=f"{self.hostname} to answer ping")
-
-    def wait_log(self, text: str, timeout: float = 60.0) -> None:
-        def seen() -> bool:
-            if not self.proc.alive():
-                pytest.fail(f"worker {self.hostname} exited:\n{self.proc.output()[-3000:]}")
-            return text in self.proc.output()
-
-        wait_for(seen, timeout, interval=0.1, what=f"{text!r} in the log of {self.hostname}")
-
-
-# -- redis --------------------------------------------------------------------------------------
-
-
-def redis_client() -> Any:
-    try:
-        import redis
-    except ImportError:
-        return None
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=5)
-    try:
-        client.ping()
-    except Exception:
-        return None
-    return client
+    worker.wait_ready(timeout, ready=answered)
 
 
 def redis_cleanup(ns: str) -> None:
     """Delete the keys of one test namespace in db 13 (never FLUSHDB: others may use it)."""
-    client = redis_client()
+    client = redis_client(REDIS_URL, socket_timeout=5)
     if client is None or not ns:
         return
-    keys = list(client.scan_iter(match=f"*{ns}*", count=500))
-    if keys:
-        client.delete(*keys)
-
-
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    delete_keys(client, f"*{ns}*")

@@ -17,7 +17,10 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 import queuectl_kombu  # noqa: F401
 
-from .kit import REPO, Env, wait_for
+from tests.support.paths import REPO
+from tests.support.waiting import wait_for
+
+from .kit import Env
 
 PRELUDE = """
 import json, os, socket, sys, time
@@ -239,10 +242,10 @@ def test_message_of_a_killed_consumer_is_redelivered_to_another_process(env: Env
     """)
     wait_for(lambda: lines(holder), 60, what="the holder to take the message")
     assert env.sql("SELECT state FROM jobs") == [("processing",)]
-    holder.kill()
+    holder.kill_group()
     with Connection(env.url, transport_options={"visibility_timeout": 1.0}) as conn:
         q = conn.SimpleQueue("held")
-        m = wait_for(lambda: _get_or_none(q), 30, 0.2, "the message to come back")
+        m = wait_for(lambda: _get_or_none(q), 30, interval=0.2, what="the message to come back")
         assert m.payload == "precious"
         m.ack()
     assert env.sql("SELECT state, attempts FROM jobs") == [("completed", 2)]

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
-from .kit import Env, wait_for
+from tests.support.waiting import wait_for
+
+from .kit import Env
 
 # (tag, priority): several ties, both ends of the range, and no priority at all (0).
 PLAN = [
@@ -26,11 +28,11 @@ def test_tasks_run_highest_priority_first_then_fifo(env: Env) -> None:
     assert env.sql("SELECT COUNT(*) FROM jobs WHERE state = 'pending'") == [(len(PLAN),)]
 
     worker = env.worker("prio", "--prefetch-multiplier", "1", pool=("-P", "solo"), events=False)
-    wait_for(lambda: len(env.runs("run")) >= len(PLAN), 60, 0.1, "every task to run")
-    order = [r["tag"] for r in env.runs("run")]
+    wait_for(lambda: len(env.runs("run")) >= len(PLAN), 60, interval=0.1, what="every task to run")
+    order = [r.tag for r in env.runs("run")]
     expected = [tag for _, tag in sorted(
         ((-(p or 0), i), tag) for i, (tag, p) in enumerate(PLAN)
     )]
     assert order == expected
     assert order == ["c", "g", "q", "n", "f", "l", "p", "j", "o", "a", "d", "i", "m", "h", "b", "e", "k"]
-    assert {r["hostname"] for r in env.runs("run")} == {worker.hostname}
+    assert {r.hostname for r in env.runs("run")} == {worker.hostname}

@@ -10,7 +10,9 @@ import sys
 
 import pytest
 
-from .kit import APPS, Env, wait_for
+from tests.support.waiting import wait_for
+
+from .kit import APPS, Env, wait_answering
 
 PINGS = 100
 EVENT_SESSIONS = 20
@@ -28,7 +30,7 @@ def test_reply_and_event_queues_of_dead_clients_disappear(env: Env) -> None:
     app = env.app()
     workers = [env.worker(f"soak{i}", pool=("-P", "solo")) for i in range(2)]
     for w in workers:
-        w.wait_ready(app)
+        wait_answering(w, app)
     permanent = {"celery"} | {f"{w.hostname}.celery.pidbox" for w in workers}
     base_queues, _ = snapshot(env)
     assert permanent <= set(base_queues)
@@ -72,7 +74,8 @@ def test_reply_and_event_queues_of_dead_clients_disappear(env: Env) -> None:
         seen |= bound_receivers()
         batch = [env.celery(f"ev{killed + i}", "events", "--dump") for i in range(BATCH)]
         wait_for(lambda: len(bound_receivers() - seen) >= BATCH and all(
-            "heartbeat" in p.output() for p in batch), 60, 0.2, "a batch of event receivers to get heartbeats")
+            "heartbeat" in p.output() for p in batch), 60, interval=0.2,
+            what="a batch of event receivers to get heartbeats")
         seen |= bound_receivers()
         for p in batch:
             p.signal_group(signal.SIGKILL)
@@ -89,7 +92,7 @@ def test_reply_and_event_queues_of_dead_clients_disappear(env: Env) -> None:
         return (queues, messages) if len(extra) <= 5 and messages < 50 and not any(
             q.startswith("celeryev.") for q in queues) else None
 
-    queues, messages = wait_for(settled, 90, 0.5, "the dead clients' queues and messages to go")
+    queues, messages = wait_for(settled, 90, interval=0.5, what="the dead clients' queues and messages to go")
     extra = [q for q in queues if q not in permanent]
     print(f"settled: {len(queues)} queues ({len(extra)} beyond the task and pidbox queues: {extra}), "
           f"{messages} messages")

@@ -20,7 +20,10 @@ from kombu.exceptions import ChannelError
 
 import queuectl_kombu  # noqa: F401
 
-from .kit import REPO, Env, wait_for
+from tests.support.paths import REPO
+from tests.support.waiting import wait_for
+
+from .kit import Env
 
 
 def size(conn: Connection, name: str) -> int:
@@ -268,7 +271,7 @@ def test_unused_queue_expires_with_its_messages_while_a_consumed_one_stays(url: 
 
         with Consumer(conn, [busy], callbacks=[lambda b, m: m.ack()]):
             started = time.monotonic()
-            wait_for(lambda: not declared("idle"), 30, 0.1, "the idle queue to expire")
+            wait_for(lambda: not declared("idle"), 30, interval=0.1, what="the idle queue to expire")
             assert missing(conn, "idle")
             assert env.sql("SELECT COUNT(*) FROM jobs WHERE queue = 'idle'") == [(0,)]
             assert env.sql("SELECT COUNT(*) FROM bindings WHERE queue = 'idle'") == [(0,)]
@@ -346,14 +349,14 @@ def test_auto_delete_queue_of_a_killed_consumer_goes_away(env: Env) -> None:
     """)
     victim = env.spawn("victim", [sys.executable, "-c", code])
     wait_for(lambda: "ready" in victim.output(), 60, what="the broadcast consumer")
-    victim.kill()
+    victim.kill_group()
     with Connection(env.url) as conn:
         with Consumer(conn, [Queue("keeper-runs-here")], callbacks=[]):  # some live keeper
             Producer(conn).publish("x", exchange="bc", routing_key="")
             # AMQP brokers delete it as the connection drops; here it goes once the dead consumer
             # has been silent for CONSUMER_TIMEOUT (10 s) and a live keeper sweeps (every second).
-            wait_for(lambda: not env.sql("SELECT 1 FROM queues WHERE name = 'bc.victim'"), 25, 0.2,
-                     "the dead consumer's auto-delete queue to go")
+            wait_for(lambda: not env.sql("SELECT 1 FROM queues WHERE name = 'bc.victim'"), 25, interval=0.2,
+                     what="the dead consumer's auto-delete queue to go")
 
 
 # -- priorities ---------------------------------------------------------------------------------

@@ -20,7 +20,11 @@ from typing import Any
 
 import pytest
 
-from .kit import Env, Worker, free_port, redis_cleanup, redis_client, wait_for
+from tests.support.peers import free_port, redis_client
+from tests.support.processes import Worker, pid_alive
+from tests.support.waiting import wait_for
+
+from .kit import REDIS_URL, Env, redis_cleanup, wait_answering
 
 #: Celery's own default is 1 s; replies here come in milliseconds, but a multi-destination call
 #: used to wait its whole timeout when two replies were delivered together (fixed, see
@@ -71,7 +75,7 @@ class Cluster:
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("redis", marks=pytest.mark.peer)])
 def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
     broker = request.param
-    if broker == "redis" and redis_client() is None:
+    if broker == "redis" and redis_client(REDIS_URL, socket_timeout=5) is None:
         pytest.skip("Redis is not reachable at 127.0.0.1:6379 (db 13)")
     ns = "" if broker == "sqlite" else f"bt{uuid.uuid4().hex[:8]}-"
     env = Env(tmp_path_factory.mktemp(f"rc-{broker}"), broker=broker, ns=ns)
@@ -92,14 +96,14 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
                     pytest.fail(f"{p.name} exited:\n{p.output()[-3000:]}")
             return cl.event_bindings() >= 2
 
-        wait_for(receivers_bound, 60, 0.2, "celery events --dump and flower to bind their event queues")
+        wait_for(receivers_bound, 60, interval=0.2, what="celery events --dump and flower to bind their event queues")
         cl.w1 = env.worker("w1", queue=f"{ns}q-w1")
         cl.w2 = env.worker("w2", queue=f"{ns}q-w2")
         # Two more, consuming only a queue of their own.
         cl.w3 = env.worker("w3", "-Q", f"{ns}q-w3", queue=f"{ns}q-w3", pool=("-P", "solo"))
         cl.w4 = env.worker("w4", "-Q", f"{ns}q-w4", queue=f"{ns}q-w4", pool=("-P", "solo"))
         for w in (cl.w1, cl.w2, cl.w3, cl.w4):
-            w.wait_ready(app)
+            wait_answering(w, app)
         yield cl
     finally:
         env.close()
@@ -108,7 +112,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 
 def runs_of(env: Env, task_id: str, event: str = "run") -> list[dict[str, Any]]:
-    return [r for r in env.runs(event) if r["task_id"] == task_id]
+    return [r for r in env.runs(event) if r.task_id == task_id]
 
 
 # -- inspect --------------------------------------------------------------------------------
@@ -153,10 +157,10 @@ def test_inspect_active_reserved_scheduled(cluster: Cluster) -> None:
     try:
         wait_for(lambda: runs_of(env, running, "start"), 30, what="the long task to start")
         insp = cluster.inspect(w1)
-        active = wait_for(lambda: insp.active().get(w1.hostname), 15, 0.2, "inspect active")
+        active = wait_for(lambda: insp.active().get(w1.hostname), 15, interval=0.2, what="inspect active")
         assert [t["id"] for t in active] == [running]
         assert active[0]["name"] == "b.sleepy"
-        reserved = wait_for(lambda: insp.reserved().get(w1.hostname), 15, 0.2, "inspect reserved")
+        reserved = wait_for(lambda: insp.reserved().get(w1.hostname), 15, interval=0.2, what="inspect reserved")
         assert waiting in [t["id"] for t in reserved]
         scheduled = insp.scheduled()
         assert w1.hostname in scheduled
@@ -169,7 +173,7 @@ def test_inspect_active_reserved_scheduled(cluster: Cluster) -> None:
             assert state == "pending" and due > time.time() + 60
     finally:
         cluster.app.control.revoke([running, waiting, later], terminate=True, signal="SIGKILL")
-    wait_for(lambda: not cluster.inspect(w1).active().get(w1.hostname), 30, 0.3, "w1 to be idle again")
+    wait_for(lambda: not cluster.inspect(w1).active().get(w1.hostname), 30, interval=0.3, what="w1 to be idle again")
 
 
 # -- control --------------------------------------------------------------------------------
@@ -196,19 +200,19 @@ def test_revoke_terminate_kills_a_running_task(cluster: Cluster) -> None:
     env, w2 = cluster.env, cluster.w2
     task_id = cluster.send("b.sleepy", "terminate-me", 120, queue=f"{cluster.ns}q-w2")
     (start,) = wait_for(lambda: runs_of(env, task_id, "start"), 30, what="the long task to start")
-    child = start["pid"]
-    assert child != w2.proc.pid and pid_alive(child)
+    child = start.pid
+    assert child != w2.pid and pid_alive(child)
     replies = cluster.app.control.revoke(task_id, terminate=True, destination=[w2.hostname], reply=True,
                                          timeout=INSPECT_TIMEOUT)
     assert replies and task_id in json.dumps(replies)
-    wait_for(lambda: not pid_alive(child), 30, 0.1, f"pool process {child} running the task to be killed")
-    wait_for(lambda: not cluster.inspect(w2).active().get(w2.hostname), 30, 0.3, "w2 to be idle again")
+    wait_for(lambda: not pid_alive(child), 30, interval=0.1, what=f"pool process {child} running the task to be killed")
+    wait_for(lambda: not cluster.inspect(w2).active().get(w2.hostname), 30, interval=0.3, what="w2 to be idle again")
     assert runs_of(env, task_id, "end") == []
     assert task_id in cluster.inspect(w2).revoked()[w2.hostname]
     # The worker lives on with a new pool process and still runs tasks.
     after = cluster.send("b.record", "after-terminate", queue=f"{cluster.ns}q-w2")
     (run,) = wait_for(lambda: runs_of(env, after), 30, what="a task after the terminated one")
-    assert run["pid"] != child and w2.proc.alive()
+    assert run.pid != child and w2.alive()
 
 
 def test_rate_limit(cluster: Cluster) -> None:
@@ -239,7 +243,7 @@ def test_add_and_cancel_consumer(cluster: Cluster) -> None:
     assert extra not in {q["name"] for q in cluster.inspect(cluster.w1).active_queues()[cluster.w1.hostname]}
     first = cluster.send("b.record", "extra-1", queue=extra)
     (run,) = wait_for(lambda: runs_of(env, first), 30, what="a task of the added queue")
-    assert run["hostname"] == w2.hostname
+    assert run.hostname == w2.hostname
 
     replies = cluster.app.control.cancel_consumer(extra, destination=[w2.hostname], reply=True,
                                                   timeout=INSPECT_TIMEOUT)
@@ -262,13 +266,13 @@ def test_pool_grow_and_shrink(cluster: Cluster) -> None:
         return cluster.inspect(w1).stats()[w1.hostname]["pool"]["processes"]
 
     # (1 process; a terminated task's process may just have been replaced by the pool)
-    wait_for(lambda: len(processes()) == 1, 30, 0.3, "w1's pool to have its one process")
+    wait_for(lambda: len(processes()) == 1, 30, interval=0.3, what="w1's pool to have its one process")
     replies = cluster.app.control.pool_grow(1, destination=[w1.hostname], reply=True, timeout=INSPECT_TIMEOUT)
     assert replies == [{w1.hostname: {"ok": "pool will grow"}}]
-    wait_for(lambda: len(processes()) == 2, 30, 0.3, "the pool to grow to 2 processes")
+    wait_for(lambda: len(processes()) == 2, 30, interval=0.3, what="the pool to grow to 2 processes")
     replies = cluster.app.control.pool_shrink(1, destination=[w1.hostname], reply=True, timeout=INSPECT_TIMEOUT)
     assert replies == [{w1.hostname: {"ok": "pool will shrink"}}]
-    wait_for(lambda: len(processes()) == 1, 30, 0.3, "the pool to shrink back to 1 process")
+    wait_for(lambda: len(processes()) == 1, 30, interval=0.3, what="the pool to shrink back to 1 process")
 
 
 def test_cli_inspect_ping_and_status(cluster: Cluster) -> None:
@@ -288,17 +292,17 @@ def test_cli_inspect_ping_and_status(cluster: Cluster) -> None:
 
 def test_shutdown(cluster: Cluster) -> None:
     env, w4 = cluster.env, cluster.w4
-    assert w4 is not None and w4.proc.alive()
+    assert w4 is not None and w4.alive()
     # The worker does not reply to shutdown: it logs and exits (WorkerShutdown(EX_OK)).
     cluster.app.control.shutdown(destination=[w4.hostname])
-    assert wait_for(lambda: w4.proc.popen.poll() is not None, 30, 0.1, "w4 to exit") is True
-    assert w4.proc.popen.returncode == 0, w4.proc.output()[-3000:]
-    assert "Got shutdown from remote" in w4.proc.output()
+    assert wait_for(lambda: w4.popen.poll() is not None, 30, interval=0.1, what="w4 to exit") is True
+    assert w4.popen.returncode == 0, w4.output()[-3000:]
+    assert "Got shutdown from remote" in w4.output()
     assert cluster.app.control.ping(destination=[w4.hostname], timeout=1.0) == []
     assert cluster.inspect(cluster.w1).ping() == {cluster.w1.hostname: {"ok": "pong"}}
     # The dump saw it come and go.
     out = wait_for(lambda: _dump_has(cluster.dump.output(), w4.hostname, "shutdown") and cluster.dump.output(),
-                   30, 0.2, "w4's worker-offline event in the dump")
+                   30, interval=0.2, what="w4's worker-offline event in the dump")
     assert _dump_has(out, w4.hostname, "started")
     if cluster.broker == "sqlite":
         # A clean shutdown deletes the worker's exclusive pidbox queue and its broadcast queue.
@@ -322,12 +326,13 @@ def test_broadcast_runs_on_every_worker(cluster: Cluster) -> None:
     cluster.app.send_task("b.bcast", args=(tag,))
 
     def hosts() -> set[str]:
-        return {r["hostname"] for r in env.runs("bcast") if r["tag"] == tag}
+        return {r.hostname for r in env.runs("bcast") if r.tag == tag}
 
-    wait_for(lambda: hosts() == {cluster.w1.hostname, cluster.w2.hostname}, 30, what="both workers to run the broadcast")
+    wait_for(lambda: hosts() == {cluster.w1.hostname, cluster.w2.hostname}, 30,
+             what="both workers to run the broadcast")
     markers = [cluster.send("b.record", f"{tag}-m", queue=f"{cluster.ns}q-{w}") for w in ("w1", "w2")]
     wait_for(lambda: all(runs_of(env, m) for m in markers), 30, what="markers")
-    assert len([r for r in env.runs("bcast") if r["tag"] == tag]) == 2  # one copy each, no more
+    assert len([r for r in env.runs("bcast") if r.tag == tag]) == 2  # one copy each, no more
 
 
 # -- events ---------------------------------------------------------------------------------
@@ -368,7 +373,7 @@ def test_events_dump(cluster: Cluster) -> None:
         missing[:] = [w for w in wanted if not _dump_has(out, *w)]
         return None if missing else out
 
-    out = wait_for(complete, 30, 0.2, "every event type in `celery events --dump`",
+    out = wait_for(complete, 30, interval=0.2, what="every event type in `celery events --dump`",
                    on_fail=lambda: f"missing {missing}; dump alive={cluster.dump.alive()}; "
                                    f"queues: {_event_queues(cluster)}\n{cluster.dump.output()[-2000:]}")
     assert "RuntimeError" in out  # the failure's exception is in the task-failed line
@@ -384,7 +389,7 @@ def test_flower_lists_workers_and_tasks(cluster: Cluster) -> None:
         data = cluster.flower_get("/api/workers?refresh=1")
         return data if hosts <= set(data) else None
 
-    data = wait_for(workers, 60, 0.5, "flower's /api/workers to list both workers")
+    data = wait_for(workers, 60, interval=0.5, what="flower's /api/workers to list both workers")
     for host in hosts:
         assert "b.record" in data[host]["registered"]
         assert data[host]["stats"]["pool"]["max-concurrency"] == 1
@@ -396,15 +401,6 @@ def test_flower_lists_workers_and_tasks(cluster: Cluster) -> None:
         states = {tid: data.get(tid, {}).get("state") for tid in (ok, bad)}
         return data if states == {ok: "SUCCESS", bad: "FAILURE"} else None
 
-    data = wait_for(tasks, 60, 0.5, "flower's /api/tasks to show both tasks finished")
+    data = wait_for(tasks, 60, interval=0.5, what="flower's /api/tasks to show both tasks finished")
     assert data[ok]["worker"] == cluster.w1.hostname and data[ok]["name"] == "b.record"
     assert data[bad]["worker"] == cluster.w3.hostname and "RuntimeError" in data[bad]["exception"]
-
-
-def pid_alive(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False

@@ -8,15 +8,13 @@ the pid it recorded. Every wait has a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,22 +25,8 @@ from click.testing import CliRunner, Result
 from queuectl.cli import cli as cli_group
 from queuectl.cli.remote import pid_running
 from queuectl_kombu import JobStore
-
-
-class WaitTimeout(AssertionError):
-    """A condition did not hold before its deadline."""
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, message: str, interval: float = 0.05) -> Any:
-    """Poll `predicate` until it returns something truthy (returned), or fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise WaitTimeout(f"timed out after {timeout:g}s waiting for {message}")
-        time.sleep(interval)
+from tests.support.paths import queuectl_executable
+from tests.support.waiting import WaitTimeout, wait_for
 
 
 def snapshot(path: Path) -> str | None:
@@ -54,30 +38,6 @@ def snapshot(path: Path) -> str | None:
         return "\n".join(conn.iterdump())
     finally:
         conn.close()
-
-
-def group_members(pgid: int) -> list[int]:
-    """Running (not zombie) processes of process group `pgid`."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.getpgid(int(entry)) == pgid and pid_running(int(entry)):
-                    members.append(int(entry))
-            except OSError:
-                continue
-    return members
-
-
-def queuectl_executable() -> str:
-    """The console script of this interpreter (not a pyenv shim, which adds a second of start-up)."""
-    beside = Path(sys.executable).parent / "queuectl"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("queuectl")
-    if not found:
-        pytest.skip("the queuectl console script is not installed (pip install -e .)")
-    return found
 
 
 @pytest.fixture
@@ -167,9 +127,9 @@ class Processes:
                     os.kill(pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-        deadline = time.monotonic() + 15
-        while any(pid_running(p) for p in self.worker_pids) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        with contextlib.suppress(WaitTimeout):  # then SIGKILL, below
+            wait_for(lambda: not any(pid_running(p) for p in self.worker_pids), 15,
+                     what="the workers' warm shutdown", interval=0.1)
         for pid in self.worker_pids:
             try:
                 os.killpg(pid, signal.SIGKILL)

@@ -12,7 +12,10 @@ from pathlib import Path
 
 from queuectl.cli.remote import pid_running
 
-from .conftest import Processes, group_members, wait_for
+from tests.support.processes import group_members
+from tests.support.waiting import wait_for
+
+from .conftest import Processes
 
 BACKOFF = 1.5
 MAX_RETRIES = 2
@@ -57,7 +60,7 @@ def test_reference_scenario(procs: Processes, tmp_path: Path) -> None:
         return {row["id"]: row["state"] for row in procs.json("list", "--limit", "0")}
 
     wait_for(lambda: states() == {"good": "completed", "bad": "dead", "long": "completed"}, 60,
-             "good and long to complete, bad to be dead")
+             what="good and long to complete, bad to be dead")
 
     # Retried max_retries times, each after backoff_base ** attempts seconds (held by the broker).
     first = runs(fail_log)
@@ -84,7 +87,7 @@ def test_reference_scenario(procs: Processes, tmp_path: Path) -> None:
     retried = procs.run("dlq", "retry", "bad")
     assert (retried.returncode, retried.stdout, retried.stderr) == (0, "", "job bad is pending again\n")
     wait_for(lambda: len(runs(fail_log)) == 2 * (1 + MAX_RETRIES) and state_of("bad")["state"] == "dead",
-             40, "job bad to run 3 more times and be dead again")
+             40, what="job bad to run 3 more times and be dead again")
     assert state_of("bad")["attempts"] == 3
 
     # worker stop: the running job finishes before the workers exit. The job runs until the test
@@ -92,14 +95,15 @@ def test_reference_scenario(procs: Processes, tmp_path: Path) -> None:
     start, release, end = tmp_path / "long2.start", tmp_path / "long2.release", tmp_path / "long2.end"
     command = f"date +%s.%N > {start}; while [ ! -e {release} ]; do sleep 0.05; done; sleep 1; date +%s.%N > {end}"
     assert ok("enqueue", "--id", "long2", "--command", command) == "long2\n"
-    wait_for(lambda: start.exists() and start.read_text(), 30, "job long2 to start")
+    wait_for(lambda: start.exists() and start.read_text(), 30, what="job long2 to start")
     assert state_of("long2")["state"] == "processing"
     worker_log = tmp_path / "queue.worker.log"
     stop_called = time.time()
     stopping = subprocess.Popen([procs.exe, "worker", "stop", "--timeout", "60"], env=procs.env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        wait_for(lambda: "Got shutdown from remote" in worker_log.read_text(), 30, "the worker to get the shutdown")
+        wait_for(lambda: "Got shutdown from remote" in worker_log.read_text(), 30,
+                 what="the worker to get the shutdown")
         assert stopping.poll() is None  # still waiting for the running job
         assert not end.exists() and pid_running(pid)
         release.touch()

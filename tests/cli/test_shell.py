@@ -13,7 +13,7 @@ from queuectl.cli.remote import pid_running
 from queuectl.shell import OUTPUT_LIMIT, CommandFailed, CommandTimedOut, check_outcome, run_command
 from queuectl.tasks import run_shell
 
-from .conftest import wait_for
+from tests.support.waiting import wait_for
 
 
 def test_success_returns_a_json_able_outcome() -> None:
@@ -89,7 +89,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     assert info.value.outcome is not None and info.value.outcome["timed_out"] is True
     assert 1.0 <= elapsed < 10
     grandchild = int(pids.read_text())
-    wait_for(lambda: not pid_running(grandchild), 5, f"process {grandchild} to be killed")
+    wait_for(lambda: not pid_running(grandchild), 5, what=f"process {grandchild} to be killed")
 
 
 def test_background_children_of_a_finished_command_do_not_hang_it(tmp_path: Path) -> None:
@@ -99,7 +99,7 @@ def test_background_children_of_a_finished_command_do_not_hang_it(tmp_path: Path
     assert (outcome.exit_code, outcome.stdout) == (0, "done\n")
     assert time.monotonic() - started < 10
     leftover = int(pids.read_text())
-    wait_for(lambda: not pid_running(leftover), 5, f"left-over process {leftover} to be killed")
+    wait_for(lambda: not pid_running(leftover), 5, what=f"left-over process {leftover} to be killed")
 
 
 def test_check_outcome_passes_a_success_through() -> None:

@@ -13,7 +13,9 @@ from click.testing import Result
 
 from queuectl_kombu import JobState, JobStore
 
-from .conftest import Processes, wait_for
+from tests.support.waiting import wait_for
+
+from .conftest import Processes
 
 
 def test_foreground_worker_is_celery_on_the_cli_database(procs: Processes, cli: Callable[..., Result], db: Path,
@@ -21,7 +23,7 @@ def test_foreground_worker_is_celery_on_the_cli_database(procs: Processes, cli: 
     proc = procs.start_foreground("--count", "2", "--queues", "fg,bulk")
     out = tmp_path / "worker.out"
     wait_for(lambda: "ready." in out.read_text(errors="replace") or proc.poll() is not None, 60,
-             "the worker to be ready")
+             what="the worker to be ready")
     assert proc.poll() is None, out.read_text()
     argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[:-1]
     assert [a.decode() for a in argv[1:8]] == ["-m", "celery", "-A", "queuectl", "worker", "-c", "2"]
@@ -36,17 +38,17 @@ def test_foreground_worker_is_celery_on_the_cli_database(procs: Processes, cli: 
     assert cli("enqueue", "--file", str(jobs), "--queue", "bulk").exit_code == 0
     store = JobStore(str(db))
     for key in ("fg1", "bulk1"):
-        wait_for(lambda key=key: store.find_job(key).state is JobState.COMPLETED, 30, f"job {key} to complete")
+        wait_for(lambda key=key: store.find_job(key).state is JobState.COMPLETED, 30, what=f"job {key} to complete")
     assert json.loads(cli("show", "bulk1", "--format", "json").stdout)["result"]["value"]["stdout"] == "from bulk\n"
 
     # A setting changed while the worker runs applies to its next failure, without a restart.
     assert cli("config", "set", "max-retries", "0").exit_code == 0
     assert cli("run", "--id", "once", "--queue", "fg", "exit 4").exit_code == 0
-    wait_for(lambda: store.find_job("once").state is JobState.DEAD, 30, "job once to be dead")
+    wait_for(lambda: store.find_job("once").state is JobState.DEAD, 30, what="job once to be dead")
     assert store.find_job("once").attempts == 1
 
     assert cli("run", "--id", "slow", "--queue", "fg", "sleep 3").exit_code == 0
-    wait_for(lambda: store.find_job("slow").state is JobState.PROCESSING, 30, "job slow to run")
+    wait_for(lambda: store.find_job("slow").state is JobState.PROCESSING, 30, what="job slow to run")
     status = json.loads(cli("status", "--format", "json").stdout)
     [worker] = status["workers"]
     assert (worker["pid"], worker["concurrency"], worker["active"], worker["active_jobs"]) == (proc.pid, 2, 1, ["slow"])

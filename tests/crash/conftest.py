@@ -1,6 +1,8 @@
 """Fixtures of the crash tier: a Rig per test (fresh SQLite file in tmp_path, every process it
 started stopped by PID / process group in teardown), and the figures of the run written to
-tests/crash/.last-run.json (ignored by git) at the end of the session."""
+tests/crash/.last-run.json (ignored by git) at the end of the session. (The hook that keeps each
+test's reports on its item, read by ``rig`` to print diagnostics of a failed test, is in
+tests/conftest.py.)"""
 
 from __future__ import annotations
 
@@ -46,10 +48,3 @@ def rig(tmp_path: Path, request: pytest.FixtureRequest):
     if report is not None and report.failed:
         print(r.describe())
     r.close()
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item, call):
-    rep = yield
-    setattr(item, f"rep_{rep.when}", rep)
-    return rep

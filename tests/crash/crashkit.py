@@ -6,7 +6,8 @@ process and its pool children form one process group. Only processes started her
 signalled, by the PID / process group recorded at start; teardown sends SIGTERM to each main
 process, then SIGKILL to its group after a deadline. Every wait has a deadline.
 
-Standalone on purpose: nothing is imported from the other test folders.
+What every tier shares (waits, processes, the execution log reader) is in tests/support; this kit
+holds the crash tier's own: the Rig, its kills and figures, the tmpfs mounts.
 """
 
 from __future__ import annotations
@@ -24,16 +25,19 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.events import Event, Layout, count_lines, parse_events
+from tests.support.paths import REPO, queuectl_executable
+from tests.support.processes import Proc, Worker, celery_argv, child_env, run, stop_all
+
 HERE = Path(__file__).resolve().parent
 APPS = HERE / "apps"
-REPO = HERE.parents[1]
 HOST = socket.gethostname()
 WORKER_FLAGS = ["--without-mingle", "--without-gossip", "--without-heartbeat"]
 #: The job queue of the tests (Celery's default) and the queue of jobs held far in the future.
@@ -49,226 +53,9 @@ def record_figures(name: str, figures: dict[str, Any]) -> None:
     print(f"\n[crash figures] {name}: {json.dumps(figures, sort_keys=True)}", flush=True)
 
 
-class WaitTimeout(AssertionError):
-    """A condition did not hold before its deadline."""
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05,
-             on_fail: Callable[[], str] | None = None) -> Any:
-    """Call `predicate` until it returns something truthy (returned), or fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            extra = f"\n{on_fail()}" if on_fail else ""
-            raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what}{extra}")
-        time.sleep(interval)
-
-
-def queuectl_executable() -> str:
-    """The console script of this interpreter (not a pyenv shim: that adds a second of start-up)."""
-    beside = Path(sys.executable).parent / "queuectl"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("queuectl")
-    if not found:
-        pytest.skip("the queuectl console script is not installed (pip install -e .)")
-    return found
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return f"({path} does not exist)"
-
-
-# -- processes ------------------------------------------------------------------------------------
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live, non-zombie processes of process group `pgid`."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        pid = int(entry)
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:  # state, ppid, pgrp
-            members.append(pid)
-    return members
-
-
-def pid_alive(pid: int) -> bool:
-    """True if `pid` runs (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
-
-
-class Proc:
-    """A subprocess in its own session (leader of a new process group), its output in a file."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], out: Path, cwd: Path = APPS,
-                 stdout_file: Path | None = None) -> None:
-        self.name = name
-        self.argv = argv
-        self.out = out
-        self.stdout_file = stdout_file
-        err = open(out, "ab")  # noqa: SIM115 - the child keeps its own descriptor
-        std = open(stdout_file, "ab") if stdout_file else err  # noqa: SIM115
-        try:
-            self.started = time.time()
-            self.popen = subprocess.Popen(
-                argv, cwd=str(cwd), env=env, stdin=subprocess.DEVNULL, stdout=std,
-                stderr=err, start_new_session=True,
-            )
-        finally:
-            err.close()
-            if std is not err:
-                std.close()
-        self.pid = self.popen.pid
-        self.killed_at: float | None = None
-
-    def __repr__(self) -> str:
-        return f"<{self.name} pid={self.pid} rc={self.popen.poll()}>"
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def output(self) -> str:
-        try:
-            return self.out.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def stdout(self) -> str:
-        if self.stdout_file is None:
-            return self.output()
-        try:
-            return self.stdout_file.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def tail(self, lines: int = 30) -> str:
-        return f"--- {self.name} (pid {self.pid}, rc {self.popen.poll()}) ---\n{tail(self.out, lines)}"
-
-    def members(self) -> list[int]:
-        return group_members(self.pid)
-
-    def kill(self) -> list[int]:
-        """SIGKILL the leader only (its pool children die by PDEATHSIG); returns the pids that
-        were in the group at that moment."""
-        pids = self.members()
-        self.killed_at = time.time()
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-        return pids or [self.pid]
-
-    def kill_group(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise WaitTimeout(f"{self.name} still running after {timeout:g}s\n{self.tail()}") from None
-
-    def wait_group_gone(self, timeout: float = 10.0) -> None:
-        wait_for(lambda: self.popen.poll() is not None and not self.members(), timeout,
-                 f"process group {self.pid} of {self.name} to be gone", on_fail=self.tail)
-
-    def terminate(self) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
-
-    def finish(self, deadline: float) -> None:
-        """Teardown after terminate(): wait until `deadline` (monotonic), then SIGKILL the group."""
-        try:
-            self.popen.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-        self.kill_group()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(10)
-
-
-class Worker(Proc):
-    """``python -m celery -A <app> worker``; the hostname is unique per worker."""
-
-    hostname = ""
-
-    def is_ready(self) -> bool:
-        return f"{self.hostname} ready." in self.output()
-
-    def wait_ready(self, timeout: float = 45.0) -> Worker:
-        def ready() -> bool:
-            if not self.alive():
-                raise WaitTimeout(f"worker {self.hostname} exited with {self.popen.returncode}\n{self.tail()}")
-            return self.is_ready()
-
-        wait_for(ready, timeout, f"worker {self.hostname} to be ready", on_fail=self.tail)
-        return self
-
-    def children(self) -> list[int]:
-        return [p for p in self.members() if p != self.pid]
-
-
-# -- the execution log ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Event:
-    """``event task_id pid [time]`` (shell jobs write no time)."""
-
-    event: str
-    task_id: str
-    pid: int
-    time: float | None
-
-
-def read_events(path: Path) -> tuple[list[Event], list[str]]:
-    """(events, malformed lines). A last line without its newline is still being written: skipped."""
-    try:
-        data = path.read_text()
-    except FileNotFoundError:
-        return [], []
-    events: list[Event] = []
-    bad: list[str] = []
-    for line in data.splitlines(keepends=True):
-        if not line.endswith("\n"):
-            continue
-        parts = line.split()
-        try:
-            if len(parts) == 4:
-                events.append(Event(parts[0], parts[1], int(parts[2]), float(parts[3])))
-            elif len(parts) == 3:
-                events.append(Event(parts[0], parts[1], int(parts[2]), None))
-            else:
-                bad.append(line)
-        except ValueError:
-            bad.append(line)
-    return events, bad
-
-
-def count_lines(path: Path) -> int:
-    try:
-        with open(path, "rb") as f:
-            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
-    except FileNotFoundError:
-        return 0
+LAYOUTS: tuple[Layout, ...] = (("event", "task_id", "pid", "time"), ("event", "task_id", "pid"))
+"""The execution log's lines: ``event task_id pid time`` from crashapp, ``event task_id pid``
+from shell jobs (see shell_job_command)."""
 
 
 def shell_job_command(task_id: str, execlog: Path) -> str:
@@ -314,26 +101,21 @@ class Rig:
 
     def env(self, db: Path | None = None, quiet: bool | None = None, conf: dict[str, Any] | None = None,
             **extra: str) -> dict[str, str]:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(APPS), str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         path = str(db or self.db)
-        env["CRASH_DB"] = path
-        env["QUEUECTL_DB"] = path
-        env["CRASH_EXECLOG"] = str(self.execlog)
-        env["CRASH_CONF"] = json.dumps(self.conf if conf is None else conf)
-        env["PYTHONUNBUFFERED"] = "1"
-        env.pop("CRASH_QUIET", None)
+        env = child_env(APPS, REPO, unset=["CRASH_QUIET"], CRASH_DB=path, QUEUECTL_DB=path,
+                        CRASH_EXECLOG=str(self.execlog), CRASH_CONF=json.dumps(self.conf if conf is None else conf),
+                        PYTHONUNBUFFERED="1")
         if self.quiet if quiet is None else quiet:
             env["CRASH_QUIET"] = "1"
         env.update(extra)
         return env
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None, cls: type[Proc] = Proc,
-              cwd: Path = APPS, separate_stdout: bool = False) -> Proc:
-        out = self.tmp / f"{name}.log"
-        proc = cls(name, argv, env or self.env(), out, cwd,
-                   stdout_file=self.tmp / f"{name}.stdout" if separate_stdout else None)
+              separate_stdout: bool = False, **options: Any) -> Proc:
+        """A process in the apps folder, its output in <name>.log (stdout in <name>.stdout when
+        `separate_stdout`); `options` go to `cls`."""
+        proc = cls(name, argv, env=env or self.env(), cwd=APPS, out=self.tmp / f"{name}.log",
+                   stdout_file=self.tmp / f"{name}.stdout" if separate_stdout else None, **options)
         with self._lock:
             self.procs.append(proc)
         return proc
@@ -347,13 +129,12 @@ class Rig:
         """A celery worker; `wrapper` is put before its command line (e.g. a shell setting the umask)."""
         name = name or self.uniq("w")
         hostname = f"{name}-{os.getpid()}@{HOST}"
-        argv = [*wrapper, sys.executable, "-m", "celery", "-A", app, "worker", "-P", pool, "-c", str(concurrency),
-                "-n", hostname, "-l", loglevel, *WORKER_FLAGS, *extra]
+        argv = [*wrapper, *celery_argv(app, "worker", "-P", pool, "-c", str(concurrency), "-n", hostname,
+                                       "-l", loglevel, *WORKER_FLAGS, *extra)]
         if queues:
             argv += ["-Q", ",".join(queues)]
-        worker = self.spawn(name, argv, env, cls=Worker)
+        worker = self.spawn(name, argv, env, cls=Worker, hostname=hostname, ready_timeout=45.0)
         assert isinstance(worker, Worker)
-        worker.hostname = hostname
         if wait_ready:
             worker.wait_ready()
         return worker
@@ -376,13 +157,17 @@ class Rig:
     def run_cli(self, *args: str, db: Path | None = None, timeout: float = 60.0,
                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """A `queuectl` command to its end (own session; killed by group if it overruns)."""
-        argv = [queuectl_executable(), "--db", str(db or self.db), *args]
-        return run(argv, env or self.env(), timeout)
+        return self.run([queuectl_executable(), "--db", str(db or self.db), *args], timeout, env)
 
     def run_python(self, code: str, timeout: float = 60.0, env: dict[str, str] | None = None,
                    ) -> subprocess.CompletedProcess:
         """`code` in a fresh interpreter with the apps importable (a client process)."""
-        return run([sys.executable, "-c", code], env or self.env(), timeout)
+        return self.run([sys.executable, "-c", code], timeout, env)
+
+    def run(self, argv: list[str], timeout: float = 60.0, env: dict[str, str] | None = None,
+            ) -> subprocess.CompletedProcess:
+        """A command to its end in the apps folder (own session; killed by group if it overruns)."""
+        return run(argv, env or self.env(), timeout, cwd=APPS)
 
     # -- kills ----------------------------------------------------------------------------------
 
@@ -452,6 +237,10 @@ class Rig:
                     out.append(f"--- {w.name} pid {pid}:\n{self.stack(pid)}")
         return "\n".join(out)
 
+    def events(self) -> tuple[list[Event], list[str]]:
+        """(events, malformed lines) of the execution log so far (see LAYOUTS)."""
+        return parse_events(self.execlog, *LAYOUTS)
+
     def describe(self) -> str:
         parts = [p.tail(15) for p in self.procs if isinstance(p, Worker)][-6:]
         with contextlib.suppress(Exception):
@@ -463,25 +252,7 @@ class Rig:
 
     def close(self, grace: float = 10.0) -> None:
         """SIGTERM every live process (warm shutdown), then SIGKILL each group after `grace` s."""
-        for proc in self.procs:
-            proc.terminate()
-        deadline = time.monotonic() + grace
-        for proc in self.procs:
-            proc.finish(deadline)
-
-
-def run(argv: list[str], env: dict[str, str], timeout: float, cwd: Path = APPS) -> subprocess.CompletedProcess:
-    """Run a command to its end in its own session; SIGKILL its group if it overruns."""
-    proc = subprocess.Popen(argv, cwd=str(cwd), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise WaitTimeout(f"{argv[:4]} did not finish within {timeout:g}s\nstdout: {out}\nstderr: {err}") from None
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+        stop_all(self.procs, grace)
 
 
 # -- file systems to fill -------------------------------------------------------------------------

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from .crashkit import Mount, Rig, read_events, record_figures, run, wait_for
+from tests.support.waiting import wait_for
+
+from .crashkit import Mount, Rig, record_figures
 
 #: A publish client: one apply_async per id (without Celery's publish retries unless CRASH_RETRY=1),
 #: prints one JSON line per attempt.
@@ -41,19 +43,19 @@ def publish(rig: Rig, ids: list[str], db: Path | None = None, seconds: float = 0
             retry: bool = False) -> list[dict]:
     """Publish `ids` (crash.work sleeping `seconds`) from a separate client process; one result per id."""
     env = rig.env(db=db, CRASH_SLEEP=str(seconds), CRASH_RETRY="1" if retry else "0")
-    done = run([sys.executable, "-c", PUBLISH, *ids], env, 120)
+    done = rig.run([sys.executable, "-c", PUBLISH, *ids], 120, env)
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
 def ends(rig: Rig) -> Counter:
-    events, malformed = read_events(rig.execlog)
+    events, malformed = rig.events()
     assert not malformed
     return Counter(e.task_id for e in events if e.event == "end")
 
 
 def wait_ran(rig: Rig, ids: list[str], timeout: float = 60.0) -> None:
-    wait_for(lambda: all(ends(rig)[i] for i in ids), timeout, f"{len(ids)} jobs to run", interval=0.1,
+    wait_for(lambda: all(ends(rig)[i] for i in ids), timeout, what=f"{len(ids)} jobs to run", interval=0.1,
              on_fail=rig.describe)
 
 
@@ -139,7 +141,7 @@ def test_disk_full_clear_error_nothing_half_written_then_resumes(full_rig: Rig) 
     assert cli.returncode == 0, cli.stderr
     wait_ran(rig, after + accepted, timeout=30)
     wait_for(lambda: rig.sql("SELECT state FROM jobs WHERE task_id = 'after-cli'") == [("completed",)], 30,
-             "the CLI job to complete", on_fail=rig.describe)
+             what="the CLI job to complete", on_fail=rig.describe)
     runs = ends(rig)
     assert all(runs[i] == 1 for i in before + accepted + after), "a job ran twice"
     assert rig.integrity() == "ok"
@@ -160,12 +162,12 @@ def test_disk_full_while_jobs_run_worker_resumes_when_space_returns(full_rig: Ri
     worker = rig.worker(concurrency=2)
     running = [f"running-{i}" for i in range(2)]
     assert all(r["ok"] for r in publish(rig, running, seconds=1.5))
-    wait_for(lambda: sum(e.event == "start" for e in read_events(rig.execlog)[0]) == 2, 30,
-             "both jobs to be running", on_fail=rig.describe)
+    wait_for(lambda: sum(e.event == "start" for e in rig.events()[0]) == 2, 30,
+             what="both jobs to be running", on_fail=rig.describe)
     filler = small_fs.fill()
     # both runs end while the disk is full: their results, acks or rejects cannot be written
-    wait_for(lambda: ends(rig).keys() >= set(running), 30, "both runs to end", on_fail=rig.describe)
-    wait_for(lambda: "disk is full" in worker.output(), 10, "the worker to meet the full disk",
+    wait_for(lambda: ends(rig).keys() >= set(running), 30, what="both runs to end", on_fail=rig.describe)
+    wait_for(lambda: "disk is full" in worker.output(), 10, what="the worker to meet the full disk",
              on_fail=rig.describe)
     time.sleep(0.5)  # not for correctness: let the worker finish handling the failed writes
     filler.unlink()
@@ -175,7 +177,7 @@ def test_disk_full_while_jobs_run_worker_resumes_when_space_returns(full_rig: Ri
     # a worker that recovered runs the new jobs, and the interrupted ones again (their outcome was
     # never recorded) within a few leases
     wait_for(lambda: rig.states() == {"completed": len(running + after)}, 4 * LEASE,
-             "every job completed once space returned", interval=0.2, on_fail=rig.describe)
+             what="every job completed once space returned", interval=0.2, on_fail=rig.describe)
     runs = ends(rig)
     assert all(runs[i] == 1 for i in after)
     assert rig.integrity() == "ok"
@@ -219,7 +221,7 @@ def test_database_deleted_or_replaced_under_worker_is_not_silent(rig: Rig, how: 
             return "ran the job sent to the new file at its path"
         return ""
 
-    outcome = wait_for(noticed, 8, f"the worker to notice that its database was {how}",
+    outcome = wait_for(noticed, 8, what=f"the worker to notice that its database was {how}",
                        interval=0.2, on_fail=worker.tail)
     record_figures(f"fault_database_{how}", {"worker": outcome})
 

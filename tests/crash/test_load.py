@@ -17,7 +17,10 @@ from collections import Counter
 
 import pytest
 
-from .crashkit import Rig, count_lines, read_events, record_figures, wait_for
+from tests.support.events import count_lines
+from tests.support.waiting import wait_for
+
+from .crashkit import Rig, record_figures
 
 DEFAULT_MESSAGES = 35000
 MESSAGES = int(os.environ.get("QUEUECTL_LOAD_MESSAGES", DEFAULT_MESSAGES))
@@ -48,9 +51,9 @@ def test_load_nothing_lost_nothing_twice(rig: Rig) -> None:
         assert all(w.alive() for w in workers), [w.tail() for w in workers if not w.alive()]
         return count_lines(rig.execlog) >= MESSAGES
 
-    wait_for(all_ran, max(120, MESSAGES / 20), f"{MESSAGES} runs in the execution log", interval=0.2,
+    wait_for(all_ran, max(120, MESSAGES / 20), what=f"{MESSAGES} runs in the execution log", interval=0.2,
              on_fail=rig.describe)
-    wait_for(lambda: rig.states().get("completed", 0) >= MESSAGES, 30, "every row completed",
+    wait_for(lambda: rig.states().get("completed", 0) >= MESSAGES, 30, what="every row completed",
              interval=0.2, on_fail=rig.describe)
     done_at = time.monotonic()
 
@@ -65,7 +68,7 @@ def test_load_nothing_lost_nothing_twice(rig: Rig) -> None:
     summaries = [json.loads(p.stdout().strip().splitlines()[-1]) for p in producers]
     assert len(acked) == len(set(acked)) == MESSAGES
 
-    events, malformed = read_events(rig.execlog)
+    events, malformed = rig.events()
     assert not malformed, malformed[:5]
     runs = Counter(e.task_id for e in events)
     lost = [t for t in acked if runs[t] == 0]

@@ -18,7 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from .crashkit import Rig, queuectl_executable, record_figures, run, wait_for
+from tests.support.paths import queuectl_executable
+from tests.support.waiting import wait_for
+
+from .crashkit import Rig, record_figures
 
 #: Runs the rest of the command line with umask 000 (exec keeps the pid).
 UMASK_000 = ["/bin/sh", "-c", 'umask 000; exec "$@"', "sh"]
@@ -34,7 +37,7 @@ def state_of(rig: Rig, task_id: str) -> str | None:
 
 
 def wait_completed(rig: Rig, task_id: str, timeout: float = 30.0) -> None:
-    wait_for(lambda: state_of(rig, task_id) == "completed", timeout, f"job {task_id} to complete",
+    wait_for(lambda: state_of(rig, task_id) == "completed", timeout, what=f"job {task_id} to complete",
              on_fail=rig.describe)
 
 
@@ -50,7 +53,7 @@ def test_database_wal_and_shm_are_created_0600_whatever_the_umask(rig: Rig) -> N
 
     # the CLI creating a file under umask 000
     other = rig.tmp / "cli-made.db"
-    made = run([*UMASK_000, queuectl_executable(), "--db", str(other), "run", "true"], rig.env(), 60)
+    made = rig.run([*UMASK_000, queuectl_executable(), "--db", str(other), "run", "true"], 60)
     assert made.returncode == 0, made.stderr
     assert mode(other) == "0o600"
     record_figures("security_file_modes", {"worker_made": modes, "cli_made": mode(other), "umask": "000"})
@@ -90,7 +93,7 @@ print(task_id)
 def test_pickle_is_refused_by_a_default_worker(rig: Rig) -> None:
     worker = rig.worker(app="queuectl", concurrency=1)
     marker = rig.tmp / "pickle-ran"
-    sent = run([sys.executable, "-c", PICKLE_PUBLISHER, str(rig.db), str(marker)], rig.env(), 60)
+    sent = rig.run([sys.executable, "-c", PICKLE_PUBLISHER, str(rig.db), str(marker)], 60)
     assert sent.returncode == 0, sent.stderr
     pickled_id = sent.stdout.strip()
     # a JSON job sent after it: once it ran, the worker has dealt with the pickled message
@@ -100,7 +103,7 @@ def test_pickle_is_refused_by_a_default_worker(rig: Rig) -> None:
     wait_completed(rig, "after-pickle")
     assert after.exists()
     wait_for(lambda: state_of(rig, pickled_id) not in ("pending", "processing"), 10,
-             "the pickled message to be dealt with", on_fail=rig.describe)
+             what="the pickled message to be dealt with", on_fail=rig.describe)
     assert not marker.exists(), "a pickled message was executed"
     refusals = [line for line in worker.output().splitlines()
                 if "pickle" in line and ("ContentDisallowed" in line or "Refusing" in line)]
@@ -111,11 +114,11 @@ def test_pickle_is_refused_by_a_default_worker(rig: Rig) -> None:
     worker.terminate()
     worker.wait(30)
     enabled = rig.tmp / "pickle-ran-when-enabled"
-    sent = run([sys.executable, "-c", PICKLE_PUBLISHER, str(rig.db), str(enabled)], rig.env(), 60)
+    sent = rig.run([sys.executable, "-c", PICKLE_PUBLISHER, str(rig.db), str(enabled)], 60)
     assert sent.returncode == 0, sent.stderr
     rig.worker(app="crashapp", concurrency=1,
                env=rig.env(conf={"accept_content": ["json", "pickle"]}, C_FORCE_ROOT="1"))
-    wait_for(enabled.exists, 30, "the pickled job to run on a worker that accepts pickle", on_fail=rig.describe)
+    wait_for(enabled.exists, 30, what="the pickled job to run on a worker that accepts pickle", on_fail=rig.describe)
     record_figures("security_pickle", {"executed_by_default_worker": False, "row_state": row_state,
                                        "worker_says": refusals[0].split("] ", 1)[-1][:200],
                                        "executed_when_pickle_enabled": True})

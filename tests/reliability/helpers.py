@@ -1,5 +1,5 @@
-"""Shared pieces of the reliability tier: a settable clock, throw-away database files, checks
-of the schema, and the counters that the closing summary reports."""
+"""Shared pieces of the reliability tier: throw-away database files (on the settable clock of
+tests.support.clock), checks of the schema, and the counters that the closing summary reports."""
 
 from __future__ import annotations
 
@@ -15,30 +15,16 @@ from collections.abc import Iterator
 from hypothesis import HealthCheck, settings
 
 from queuectl_kombu import JobStore, sql
+from tests.support.clock import Clock
 
 #: Cases run per counter name; conftest.py prints them and writes .counts/counts.json.
 COUNTS: Counter[str] = Counter()
-
-START = 1_700_000_000.0
 
 #: The tables a queuectl file holds (schema.sql and its migrations); fuzzed input must never
 #: remove one nor add another.
 TABLES = frozenset(
     re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", sql.SCHEMA + "".join(sql.MIGRATIONS.values()), re.I)
 )
-
-
-class Clock:
-    """A settable clock for the store: tests move time instead of sleeping."""
-
-    def __init__(self, start: float = START) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 #: Where the throw-away files go: a tmpfs when there is one. They are real SQLite files in WAL

@@ -15,7 +15,9 @@ from queuectl_kombu import JobNotFound, JobState, NewJob
 from queuectl_kombu.store import jobs as store_mod  # MAX_PAYLOAD_BYTES
 from queuectl_kombu.exceptions import PayloadTooLarge
 
-from .helpers import COUNTS, TABLES, Clock, fresh_store, integrity, rel_settings, row_count, schema_tables
+from tests.support.clock import Clock
+
+from .helpers import COUNTS, TABLES, fresh_store, integrity, rel_settings, row_count, schema_tables
 from .strategies import nasty_text
 
 FIELDS = ("id", "task_id", "task_name", "queue", "state", "priority", "payload", "attempts")

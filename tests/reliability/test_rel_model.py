@@ -25,7 +25,9 @@ from hypothesis.stateful import (
 
 from queuectl_kombu import InvalidConfig, InvalidTransition, JobNotFound, JobState, JobStore, NewJob
 
-from .helpers import COUNTS, TABLES, Clock, config_rows, integrity, rel_settings, schema_tables, scratch_path
+from tests.support.clock import Clock
+
+from .helpers import COUNTS, TABLES, config_rows, integrity, rel_settings, schema_tables, scratch_path
 
 OWNERS = ("w1", "w2", "w3")
 #: Queue "b" is declared with x-max-priority 5 and x-message-ttl 120 s; queue "a" is not declared.

@@ -1,4 +1,5 @@
-"""Fixtures of the result backend tests: fresh SQLite files, a settable clock, real worker subprocesses."""
+"""Fixtures of the result backend tests: real worker subprocesses (``clock`` and ``db_path``, a
+settable clock and a fresh SQLite file, come from tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,28 +9,19 @@ from typing import Any
 
 import pytest
 
-from .helpers import Clock, Worker
+from .helpers import ResultWorker
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., ResultWorker]]:
+    """Start workers for one test (returned once ready); each is stopped at the end."""
+    workers: list[ResultWorker] = []
 
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> str:
-    return str(tmp_path / "queue.db")
-
-
-@pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    """Start workers for one test; each is stopped at the end."""
-    workers: list[Worker] = []
-
-    def start(*args: Any, **kwargs: Any) -> Worker:
-        worker = Worker(tmp_path, *args, **kwargs)
+    def start(*args: Any, **kwargs: Any) -> ResultWorker:
+        worker = ResultWorker(tmp_path, *args, **kwargs)
         workers.append(worker)
-        return worker.wait_ready()
+        worker.wait_ready()
+        return worker
 
     yield start
     for worker in workers:

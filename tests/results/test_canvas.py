@@ -26,7 +26,10 @@ from celery import chain, chord, group, states
 from celery.exceptions import ChordError, TaskRevokedError
 
 import rapp
-from .helpers import REDIS_URL, Worker, delete_redis_prefix, redis_client, wait_until
+from tests.support.peers import delete_keys, redis_client
+from tests.support.waiting import wait_for
+
+from .helpers import REDIS_URL, ResultWorker
 from queuectl_kombu import JobStore
 
 #: peer -> case -> outcome, for the final comparison.
@@ -49,11 +52,11 @@ class Peer:
             self.path = str(workdir / "queue.db")
             broker = backend = f"sqlite:///{self.path}"
         else:
-            self.redis = redis_client()
+            self.redis = redis_client(REDIS_URL)
             broker = backend = REDIS_URL
             conf["broker_transport_options"] = {"global_keyprefix": self.prefix}
             conf["result_backend_transport_options"] = {"global_keyprefix": self.prefix}
-        self.worker = Worker(workdir, "rapp", broker, backend, conf, concurrency=1)
+        self.worker = ResultWorker(workdir, "rapp", broker, backend, conf, concurrency=1)
         self.app = rapp.make_app(broker, backend, conf)
         self.t = self.app.tasks
         self.published = workdir / "published-client.txt"
@@ -82,13 +85,13 @@ class Peer:
     def close(self) -> None:
         self.worker.stop()
         if self.redis is not None:
-            delete_redis_prefix(self.redis, self.prefix)
+            delete_keys(self.redis, f"{self.prefix}*")
             self.redis.close()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
 def peer(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peer]:
-    if request.param == "redis" and redis_client() is None:
+    if request.param == "redis" and redis_client(REDIS_URL) is None:
         pytest.skip(f"Redis is not reachable at {REDIS_URL}")
     p = Peer(request.param, tmp_path_factory.mktemp(request.param))
     rapp.PUBLISHED["path"] = str(p.published)
@@ -148,7 +151,7 @@ def test_chord_header_failure_fails_the_body(peer: Peer) -> None:
     result = chord([add.s(1, 1), failing, add.s(2, 2)], tsum.s()).delay()
     # result.get() raises the header's own error (AsyncResult checks its parent group first,
     # with Redis as here); the body itself fails with ChordError.
-    wait_until(result.ready, WAIT, "the chord body to fail")
+    wait_for(result.ready, WAIT, what="the chord body to fail")
     with pytest.raises(rapp.AlwaysFails):
         result.get(timeout=WAIT)
     with pytest.raises(ChordError) as caught:
@@ -205,7 +208,7 @@ def test_no_chord_unlock_is_ever_published(peer: Peer) -> None:
         task_names = {job.task_name for job in jobs}
         assert "rt.tsum" in task_names
         assert "celery.chord_unlock" not in task_names
-        assert "celery.chord_unlock" not in peer.worker.log()
+        assert "celery.chord_unlock" not in peer.worker.output()
 
 
 # -- issue 13: what differed from Redis -------------------------------------------------------
@@ -320,7 +323,7 @@ def test_a_revoke_sent_just_before_its_task_is_obeyed(peer: Peer) -> None:
     if peer.name == "redis":
         pytest.skip("Redis sends a broadcast on a pub/sub socket and a task through a list: which one the "
                     "worker reads first is a race (the task won once in a full run), so it is not compared")
-    stop_between_writes(peer.worker.proc.pid, peer.path)
+    stop_between_writes(peer.worker.pid, peer.path)
     try:
         stamp = f"m-{uuid.uuid4().hex}"
         peer.app.control.revoke_by_stamped_headers({"monitoring_id": [stamp]}, destination=peer.destination())
@@ -331,7 +334,7 @@ def test_a_revoke_sent_just_before_its_task_is_obeyed(peer: Peer) -> None:
         peer.app.control.revoke(task_id, destination=peer.destination())
         by_id = peer.t["rt.add"].apply_async((3, 4), task_id=task_id)
     finally:
-        os.kill(peer.worker.proc.pid, signal.SIGCONT)
+        os.kill(peer.worker.pid, signal.SIGCONT)
     for result in (by_stamp, by_id):
         with pytest.raises(TaskRevokedError):
             result.get(timeout=WAIT)
@@ -350,7 +353,7 @@ def test_inspect_scheduled_lists_a_countdown_task(peer: Peer) -> None:
                     return entry
         return None
 
-    entry = wait_until(listed, WAIT, "the countdown task in inspect scheduled")
+    entry = wait_for(listed, WAIT, what="the countdown task in inspect scheduled")
     request = entry["request"]
     assert set(entry) == {"eta", "priority", "request"}
     assert set(request) == {"id", "name", "args", "kwargs", "type", "hostname", "time_start",
@@ -386,7 +389,7 @@ def test_a_message_published_twice_runs_twice(peer: Peer) -> None:
         runs = peer.runs()
         return runs if runs.count("t2") >= 2 and runs.count("t3") >= 2 else None
 
-    runs = wait_until(both_headers_ran_twice, WAIT, "each header task to run once per copy of t1")
+    runs = wait_for(both_headers_ran_twice, WAIT, what="each header task to run once per copy of t1")
     assert runs.count("t1") == 2
     peer.record("published_twice", (runs.count("t1"), runs.count("t2"), runs.count("t3")))
 

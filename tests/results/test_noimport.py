@@ -6,14 +6,14 @@ from pathlib import Path
 
 from celery import Celery
 
-from .helpers import Worker
+from .helpers import ResultWorker
 from queuectl_kombu.results import ResultStore
 
 
 def test_worker_finds_the_backend_by_its_url_alone(start_worker, tmp_path: Path) -> None:
     queue = tmp_path / "queue.db"
     results = tmp_path / "results.db"  # any file: here not the broker's
-    worker: Worker = start_worker(
+    worker: ResultWorker = start_worker(
         "rapp_noimport", f"sqlite:///{queue}", "sqlite:///results.db"  # relative to the worker's cwd
     )
     client = Celery("client", broker=f"sqlite:///{queue}", backend=f"sqlite:///{results}", set_as_current=False)
@@ -27,4 +27,4 @@ def test_worker_finds_the_backend_by_its_url_alone(start_worker, tmp_path: Path)
     assert client.send_task("rt.add", (40, 2)).get(timeout=30) == 42
     assert ResultStore(str(results)).count() == 2
     assert ResultStore(str(queue)).count() == 0  # nothing went to the broker's file
-    assert f"results:     sqlite:///{results}" in worker.log()
+    assert f"results:     sqlite:///{results}" in worker.output()

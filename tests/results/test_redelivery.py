@@ -11,7 +11,9 @@ from pathlib import Path
 from celery import states
 
 import rapp
-from .helpers import Worker, wait_until
+from tests.support.waiting import wait_for
+
+from .helpers import ResultWorker
 from queuectl_kombu import JobStore
 
 
@@ -19,22 +21,22 @@ def test_redelivered_task_keeps_the_stored_success(start_worker, tmp_path: Path)
     path = tmp_path / "queue.db"
     url = f"sqlite:///{path}"
     conf = {"task_track_started": True, "broker_transport_options": {"visibility_timeout": 1}}
-    first_worker: Worker = start_worker("rapp", url, url, conf)
+    first_worker: ResultWorker = start_worker("rapp", url, url, conf)
     app = rapp.make_app(url, url, conf)
     marker = tmp_path / "ran-once"
     result = app.tasks["rt.redelivered"].delay(str(marker))
 
-    wait_until(lambda: first_worker.proc.poll() is not None, 30, "the first worker to be killed")
+    wait_for(lambda: first_worker.popen.poll() is not None, 30, what="the first worker to be killed")
     assert result.get(timeout=10) == "first"
     jobs = JobStore(str(path)).jobs_for_task(result.id)
     assert [job.state.value for job in jobs] == ["processing"]  # never acked
 
-    second_worker: Worker = start_worker("rapp", url, url, conf, env={"RTEST_EXECLOG": str(first_worker.execlog)})
-    wait_until(lambda: first_worker.execlog.exists() and len(first_worker.execlog.read_text().splitlines()) == 2,
-               30, "the second run")
-    wait_until(lambda: JobStore(str(path)).jobs_for_task(result.id)[0].state.value != "processing",
-               30, "the redelivered message to be settled")
-    assert "AlwaysFails" in second_worker.log()  # the second run did fail ...
+    second_worker: ResultWorker = start_worker("rapp", url, url, conf, env={"RTEST_EXECLOG": str(first_worker.execlog)})
+    wait_for(lambda: first_worker.execlog.exists() and len(first_worker.execlog.read_text().splitlines()) == 2,
+               30, what="the second run")
+    wait_for(lambda: JobStore(str(path)).jobs_for_task(result.id)[0].state.value != "processing",
+               30, what="the redelivered message to be settled")
+    assert "AlwaysFails" in second_worker.output()  # the second run did fail ...
     fresh = app.AsyncResult(result.id)
     assert (fresh.state, fresh.result) == (states.SUCCESS, "first")  # ... and its FAILURE was not stored
-    assert "kept the stored SUCCESS" in second_worker.log()
+    assert "kept the stored SUCCESS" in second_worker.output()

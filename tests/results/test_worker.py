@@ -20,7 +20,9 @@ from celery import group, states
 from celery.exceptions import TaskRevokedError, TimeoutError
 
 import rapp
-from .helpers import Worker, wait_until
+from tests.support.waiting import wait_for
+
+from .helpers import ResultWorker
 from queuectl_kombu import JobStore
 from queuectl_kombu.results import ResultStore
 
@@ -32,7 +34,7 @@ class Env:
         self.workdir = workdir
         self.path = str(workdir / "queue.db")
         url = f"sqlite:///{self.path}"
-        self.worker = Worker(workdir, "rapp", url, "sqlite://",
+        self.worker = ResultWorker(workdir, "rapp", url, "sqlite://",
                              {"task_track_started": True, "result_extended": True})
         self.app = rapp.make_app(url, "sqlite://")
         self.tasks = self.app.tasks
@@ -86,9 +88,9 @@ def test_started_and_custom_states(env: Env) -> None:
     gate1, gate2 = env.gate(), env.gate()
     started = env.tasks["rt.gated"].delay(str(gate1), "g")
     progress = env.tasks["rt.progress"].delay(str(gate2))
-    wait_until(lambda: state_is(started, states.STARTED), 30, "STARTED")
+    wait_for(lambda: state_is(started, states.STARTED), 30, what="STARTED")
     assert started.date_done is None
-    wait_until(lambda: state_is(progress, "PROGRESS"), 30, "PROGRESS")
+    wait_for(lambda: state_is(progress, "PROGRESS"), 30, what="PROGRESS")
     assert progress.info == {"done": 1}
     gate1.touch()
     gate2.touch()
@@ -99,7 +101,7 @@ def test_started_and_custom_states(env: Env) -> None:
 def test_retry_state(env: Env) -> None:
     gate = env.gate()
     result = env.tasks["rt.retry_gated"].delay(str(gate))
-    wait_until(lambda: state_is(result, states.RETRY), 30, "RETRY")
+    wait_for(lambda: state_is(result, states.RETRY), 30, what="RETRY")
     assert isinstance(result.info, rapp.AlwaysFails)
     gate.touch()
     assert result.get(timeout=30) == 1
@@ -135,7 +137,7 @@ def test_ignored_result_is_not_stored(env: Env) -> None:
     result = env.tasks["rt.ignored"].delay()
     marker = env.tasks["rt.add"].delay(0, 0)  # same queue, sent after: done after the ignored one
     assert marker.get(timeout=30) == 0
-    wait_until(lambda: JobStore(env.path).jobs_for_task(result.id), 30, "the ignored task's job")
+    wait_for(lambda: JobStore(env.path).jobs_for_task(result.id), 30, what="the ignored task's job")
     assert env.app.AsyncResult(result.id).state == states.PENDING
 
 
@@ -159,7 +161,7 @@ def _open_gate_when_waiting(backend: Any, gate: Path, monkeypatch: pytest.Monkey
 def test_get_wakes_on_the_commit_not_on_an_interval(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     gate = env.gate()
     result = env.tasks["rt.gated"].delay(str(gate), "woken")
-    wait_until(lambda: state_is(result, states.STARTED), 30, "STARTED")
+    wait_for(lambda: state_is(result, states.STARTED), 30, what="STARTED")
     ends = _open_gate_when_waiting(env.app.backend, gate, monkeypatch)
     # With Celery's polling wait, interval=3600 would sleep until the timeout and raise.
     assert result.get(timeout=30, interval=3600) == "woken"
@@ -174,7 +176,7 @@ def test_join_and_join_native(env: Env, monkeypatch: pytest.MonkeyPatch) -> None
     assert second.join_native(timeout=30, interval=3600) == [i + 1 for i in range(20)]
     gate = env.gate()
     third = group([add.s(1, 2), env.tasks["rt.gated"].s(str(gate), 7)]).delay()
-    wait_until(lambda: state_is(third.results[1], states.STARTED), 30, "STARTED")
+    wait_for(lambda: state_is(third.results[1], states.STARTED), 30, what="STARTED")
     ends = _open_gate_when_waiting(env.app.backend, gate, monkeypatch)
     assert third.join_native(timeout=30, interval=3600) == [3, 7]
     assert ends and all(ends)
@@ -208,11 +210,11 @@ def test_results_share_the_broker_file(env: Env) -> None:
 def test_locked_database_delays_the_result_not_fails_it(env: Env) -> None:
     gate = env.gate()
     result = env.tasks["rt.gated"].delay(str(gate), "after the lock")
-    wait_until(lambda: state_is(result, states.STARTED), 30, "STARTED")
+    wait_for(lambda: state_is(result, states.STARTED), 30, what="STARTED")
     holder = ResultStore(env.path)
     with holder.db.write():  # BEGIN IMMEDIATE: the worker's result store and ack must wait
         gate.touch()
-        wait_until(Path(f"{gate}.passed").exists, 30, "the task to return")
+        wait_for(Path(f"{gate}.passed").exists, 30, what="the task to return")
         # For half a second the result cannot land: the worker is waiting for the lock.
         deadline = time.monotonic() + 0.5
         while time.monotonic() < deadline:
@@ -221,4 +223,4 @@ def test_locked_database_delays_the_result_not_fails_it(env: Env) -> None:
     holder.close()
     assert result.get(timeout=30) == "after the lock"
     assert result.state == states.SUCCESS
-    assert "database is locked" not in env.worker.log()
+    assert "database is locked" not in env.worker.output()

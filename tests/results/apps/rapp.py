@@ -20,6 +20,8 @@ from typing import Any
 from celery import Celery, group, signals
 from celery.exceptions import Ignore, Reject
 
+import rtest_ready  # noqa: F401  (writes RTEST_READY when the worker is ready)
+
 import queuectl_kombu  # noqa: F401  (registers the sqlite:// broker scheme)
 
 PUBLISHED: dict[str, str | None] = {"path": os.environ.get("RTEST_PUBLISHED")}
@@ -213,14 +215,6 @@ def _die_after_first_success(sender: Any = None, state: str | None = None, **kwa
     # main process acks, as a power cut or an OOM kill would.
     if sender is not None and sender.name == "rt.redelivered" and state == "SUCCESS":
         os.killpg(os.getpgid(0), signal.SIGKILL)
-
-
-@signals.worker_ready.connect(weak=False)
-def _ready(**kwargs: Any) -> None:
-    path = os.environ.get("RTEST_READY")
-    if path:
-        with open(path, "w") as f:
-            f.write(str(os.getpid()))
 
 
 if "RTEST_BROKER" in os.environ:  # imported by a worker

@@ -7,7 +7,9 @@ import os
 import sys
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery
+
+import rtest_ready  # noqa: F401  (writes RTEST_READY when the worker is ready)
 
 app = Celery("rapp_noimport")
 app.conf.update(
@@ -37,11 +39,3 @@ def whoami() -> dict[str, Any]:
         "path": getattr(backend, "path", None),
         "imported_at_load": IMPORTED_AT_LOAD,
     }
-
-
-@signals.worker_ready.connect(weak=False)
-def _ready(**kwargs: Any) -> None:
-    path = os.environ.get("RTEST_READY")
-    if path:
-        with open(path, "w") as f:
-            f.write(str(os.getpid()))
