@@ -60,7 +60,6 @@ def _shares(conn: Any, queues: Sequence[str], limit: int, now: float) -> dict[st
     return shares
 
 
-
 class JobChanges(ConfigStore):
     """Every change of a job's state (each logged at INFO; a move to dead at WARNING)."""
 

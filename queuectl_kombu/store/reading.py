@@ -95,7 +95,6 @@ class JobReads(StoreBase):
         return [Job.from_row(r) for r in self.db.connection().execute(Q["jobs_by_task_id"], {"task_id": task_id})]
 
 
-
 def find_existing_task_id(conn: Any, task_ids: list[str]) -> str | None:
     # json_each cuts a string at its first NUL ("a\x00b" would match a job whose id is "a"):
     # such ids are compared one by one, as bound parameters, which keep the whole string.
