@@ -53,7 +53,7 @@ SCHEMA: str = read("schema.sql")
 SCHEMA_OBJECTS: frozenset[str] = frozenset(
     re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", SCHEMA)
 )
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Scripts that bring a file from version N - 1 to N (sql/migrate_N.sql), applied in order.
 MIGRATIONS: dict[int, str] = {n: read(f"migrate_{n}.sql") for n in range(2, SCHEMA_VERSION + 1)}
 def _load_queries(*filenames: str) -> dict[str, str]:

@@ -81,12 +81,12 @@ WHERE queue = :queue AND state IN {READY_STATES}
 UPDATE jobs
 SET state = 'completed', lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
 WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'processing' AND lease_owner = :owner
-RETURNING id
+RETURNING id, queue
 
 -- name: delete_processing
 DELETE FROM jobs
 WHERE id IN (SELECT value FROM json_each(:ids)) AND state = 'processing' AND lease_owner = :owner
-RETURNING id
+RETURNING id, queue
 
 -- name: requeue
 UPDATE jobs
@@ -95,7 +95,7 @@ SET state = 'pending', attempts = MAX(attempts - 1, 0), next_run_at = :now,
 WHERE id = :id AND state = 'processing' AND lease_owner = :owner
 
 -- name: get_processing
-SELECT attempts, max_retries, last_error, task_id FROM jobs
+SELECT attempts, max_retries, last_error, task_id, queue FROM jobs
 WHERE id = :id AND state = 'processing' AND lease_owner = :owner
 
 -- name: retry_later
@@ -127,7 +127,7 @@ SET state = CASE WHEN attempts >= 1 + COALESCE(max_retries, :max_retries) THEN '
     last_error = 'lease of ' || COALESCE(lease_owner, '?') || ' expired',
     lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
 WHERE state = 'processing' AND lease_expires_at < :now
-RETURNING id, task_id, state, attempts
+RETURNING id, task_id, state, attempts, queue
 
 -- name: prune_completed
 -- INDEXED BY: without statistics SQLite took jobs_state and read every completed row (900,000
@@ -306,12 +306,27 @@ SELECT task_id FROM jobs WHERE task_id IN (SELECT value FROM json_each(:ids)) LI
 UPDATE jobs
 SET state = 'pending', attempts = 0, next_run_at = :now, updated_at = :now
 WHERE id = :id AND state = 'dead'
+RETURNING queue
 
 -- name: revive_all
 UPDATE jobs
 SET state = 'pending', attempts = 0, next_run_at = :now, updated_at = :now
 WHERE state = 'dead'
-RETURNING id
+RETURNING id, queue
 
 -- name: delete_dead
 DELETE FROM jobs WHERE state = 'dead' RETURNING id
+
+-- name: stats_add
+-- Add to this minute's counts of :event: the JSON object :counts maps a queue to its count.
+INSERT INTO stats (minute, queue, event, count)
+SELECT :minute, key, :event, value FROM json_each(:counts) WHERE true
+ON CONFLICT (minute, queue, event) DO UPDATE SET count = count + excluded.count
+
+-- name: stats_since
+-- Counts per minute, queue and event from :minute on, oldest first.
+SELECT minute, queue, event, count FROM stats WHERE minute >= :minute ORDER BY minute, queue, event
+
+-- name: stats_totals
+-- Every count ever kept, per queue and event (what the metrics' counters report).
+SELECT queue, event, SUM(count) FROM stats GROUP BY queue, event

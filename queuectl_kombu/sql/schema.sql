@@ -1,4 +1,4 @@
--- The queuectl schema, version 2. Applied once to a new file; an older file migrates in place
+-- The queuectl schema, version 3. Applied once to a new file; an older file migrates in place
 -- (queuectl_kombu/sql/migrate_N.sql brings version N - 1 to N; PRAGMA user_version).
 --
 -- A job is one message in one queue. Its states and the only transitions allowed
@@ -67,7 +67,9 @@ CREATE TABLE IF NOT EXISTS queues (
     message_ttl   REAL,
     max_priority  INTEGER,
     last_used_at  REAL NOT NULL,
-    created_at    REAL NOT NULL
+    created_at    REAL NOT NULL,
+    -- a paused queue is skipped by every claim of every worker (its running jobs finish)
+    paused        INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS queues_expiring ON queues (last_used_at) WHERE expires IS NOT NULL;
 
@@ -98,6 +100,17 @@ CREATE TABLE IF NOT EXISTS bindings (
     PRIMARY KEY (exchange, queue, routing_key)
 );
 CREATE INDEX IF NOT EXISTS bindings_queue ON bindings (queue);
+
+-- What happened to jobs, per minute and queue (not Celery's control queues): how many were
+-- published, completed, failed (a retry waits), dead, recovered (a lease ran out), revived (dlq
+-- retry) and cancelled. The metrics' totals and the dashboard's throughput chart read it.
+CREATE TABLE IF NOT EXISTS stats (
+    minute  INTEGER NOT NULL,  -- UTC seconds since the epoch // 60
+    queue   TEXT    NOT NULL,
+    event   TEXT    NOT NULL,
+    count   INTEGER NOT NULL,
+    PRIMARY KEY (minute, queue, event)
+) WITHOUT ROWID;
 
 -- Celery results (the result backend): Celery's keys (celery-task-meta-<id>, group and chord
 -- keys) to their encoded value, with an expiry time that the backend enforces itself: an expired

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable
-from typing import Self
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any, Self
 
 from ..db import Database, database
-from ..rules import WAL_LIMIT_BYTES
+from ..rules import WAL_LIMIT_BYTES, is_control_queue
+from ..sql import QUERIES as Q
 
 #: Every process checks the WAL's size after this many of its own commits.
 WAL_CHECK_EVERY = 200
@@ -43,6 +46,14 @@ class StoreBase:
                 and self.wal_too_large()):
             # Publishers with no worker running would otherwise let the WAL grow without bound.
             self.checkpoint()
+
+    def _tally(self, conn: Any, event: str, queues: Iterable[str]) -> None:
+        """Count one `event` per queue name in `queues` (a name once per job) in the stats table,
+        in the caller's transaction; Celery's control queues are not counted."""
+        counts = Counter(q for q in queues if not is_control_queue(q))
+        if counts:
+            conn.execute(Q["stats_add"], {"minute": int(self.clock() // 60), "event": event,
+                                          "counts": json.dumps(counts)})
 
     def change_stamp(self) -> tuple[int, int]:
         """A value that differs whenever anyone committed since it was last taken."""

@@ -35,6 +35,8 @@ class Housekeeping(ConfigStore):
             rows = conn.execute(
                 Q["recover_expired_leases"], {"now": now, "max_retries": max_retries}
             ).fetchall()
+            self._tally(conn, "recovered", (r[4] for r in rows))
+            self._tally(conn, "dead", (r[4] for r in rows if r[2] == JobState.DEAD.value))
         self._committed()
         recovered = [(r[0], r[1], JobState(r[2]), r[3]) for r in rows]
         for job_id, task_id, state, attempts in recovered:

@@ -123,6 +123,7 @@ class JobChanges(ConfigStore):
             self._check_new_task_ids(conn, [job.task_id for job in jobs if job.task_id is not None], seen)
         if len(jobs) == 1:
             cur = conn.execute(Q["insert_job"], _insert_params(jobs[0], now))
+            self._tally(conn, "published", [jobs[0].queue])
             return [int(cur.lastrowid or 0)]
         # One statement for the batch; None is bound as a sentinel (binding None costs the
         # sqlite3 module an adapter lookup per value) and turned back into NULL by the statement.
@@ -134,6 +135,7 @@ class JobChanges(ConfigStore):
             for job in jobs
         ])
         last = int(conn.execute(Q["last_job_id"]).fetchone()[0])
+        self._tally(conn, "published", (job.queue for job in jobs))
         return list(range(last - len(jobs) + 1, last + 1))
 
     @staticmethod
@@ -209,7 +211,9 @@ class JobChanges(ConfigStore):
         statement = Q["delete_processing"] if retention <= 0 else Q["complete"]
         now = self.clock()
         with self.db.write() as conn:
-            done = {r[0] for r in conn.execute(statement, {"ids": json.dumps(list(job_ids)), "owner": owner, "now": now})}
+            rows = conn.execute(statement, {"ids": json.dumps(list(job_ids)), "owner": owner, "now": now}).fetchall()
+            self._tally(conn, "completed", (r[1] for r in rows))
+        done = {r[0] for r in rows}
         lost = [job_id for job_id in job_ids if job_id not in done]
         self._committed()
         for job_id in lost:
@@ -265,6 +269,7 @@ class JobChanges(ConfigStore):
                     conn.execute(Q["retry_later"], {**params, "next_run_at": decision.next_run_at})
                 else:
                     conn.execute(Q["bury"], params)
+                self._tally(conn, decision.state.value, [row["queue"]])
                 new_state = decision.state
         self._committed()
         if new_state is None:
@@ -289,8 +294,9 @@ class JobChanges(ConfigStore):
     def dlq_retry(self, job_id: int) -> None:
         """Move one dead job back to pending with its attempts reset."""
         with self.db.write() as conn:
-            changed = conn.execute(Q["revive"], {"id": job_id, "now": self.clock()}).rowcount
-            if not changed:
+            revived = conn.execute(Q["revive"], {"id": job_id, "now": self.clock()}).fetchall()
+            self._tally(conn, "revived", (r[0] for r in revived))
+            if not revived:
                 row = conn.execute(Q["get_job"], {"id": job_id}).fetchone()
                 if row is None:
                     raise JobNotFound(f"no job with id {job_id}")
@@ -301,7 +307,9 @@ class JobChanges(ConfigStore):
     def dlq_retry_all(self) -> list[int]:
         """Move every dead job back to pending; returns their ids."""
         with self.db.write() as conn:
-            ids = [r[0] for r in conn.execute(Q["revive_all"], {"now": self.clock()}).fetchall()]
+            rows = conn.execute(Q["revive_all"], {"now": self.clock()}).fetchall()
+            self._tally(conn, "revived", (r[1] for r in rows))
+        ids = [r[0] for r in rows]
         self._committed()
         for job_id in ids:
             logger.info("job %d: pending (dlq retry)", job_id)

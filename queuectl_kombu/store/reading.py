@@ -94,6 +94,17 @@ class JobReads(StoreBase):
         """Every row that carries a task id (a retried Celery task may have several)."""
         return [Job.from_row(r) for r in self.db.connection().execute(Q["jobs_by_task_id"], {"task_id": task_id})]
 
+    def activity(self, since: float) -> list[tuple[int, str, str, int]]:
+        """(minute, queue, event, count) from the minute of `since` (epoch seconds) on, oldest
+        first: what the stats table counted (published, completed, failed, dead, recovered,
+        revived, cancelled)."""
+        rows = self.db.connection().execute(Q["stats_since"], {"minute": int(since // 60)})
+        return [(int(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in rows]
+
+    def event_totals(self) -> dict[tuple[str, str], int]:
+        """Every count the stats table holds, per (queue, event)."""
+        return {(str(r[0]), str(r[1])): int(r[2]) for r in self.db.connection().execute(Q["stats_totals"])}
+
 
 def find_existing_task_id(conn: Any, task_ids: list[str]) -> str | None:
     # json_each cuts a string at its first NUL ("a\x00b" would match a job whose id is "a"):

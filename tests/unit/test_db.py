@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -134,13 +135,42 @@ def test_a_version_1_file_gains_delivery_counts(tmp_path: Path) -> None:
     store.db.close()
     old = sqlite3.connect(path)  # make it the file version 1 wrote
     old.execute("ALTER TABLE jobs DROP COLUMN deliveries")
+    _undo_version_3(old)
     old.execute("PRAGMA user_version = 1")
     old.commit()
     old.close()
     conn = JobStore(path).db.connection()
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == sql.SCHEMA_VERSION == 3
     rows = conn.execute("SELECT payload, attempts, deliveries FROM jobs ORDER BY id").fetchall()
     assert [tuple(r) for r in rows] == [("claimed", 1, 1), ("waiting", 0, 0)]
+
+
+def _undo_version_3(conn: Any) -> None:
+    conn.execute("DROP TABLE stats")
+    conn.execute("ALTER TABLE queues DROP COLUMN paused")
+
+
+def test_a_version_2_file_gains_paused_queues_and_stats(tmp_path: Path) -> None:
+    """Version 3 keeps a queue's paused flag and counts job events per minute; queues and jobs of
+    a version 2 file keep what they hold."""
+    import sqlite3
+
+    path = str(tmp_path / "q.db")
+    store = JobStore(path)
+    store.declare_queue("work", {"x-max-priority": 5})
+    store.publish(NewJob(queue="work", payload="waiting"))
+    store.db.close()
+    old = sqlite3.connect(path)
+    _undo_version_3(old)
+    old.execute("PRAGMA user_version = 2")
+    old.commit()
+    old.close()
+    migrated = JobStore(path)
+    conn = migrated.db.connection()
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert [tuple(r) for r in conn.execute("SELECT name, max_priority, paused FROM queues")] == [("work", 5, 0)]
+    migrated.publish(NewJob(queue="work", payload="after"))
+    assert [(q, e, n) for _, q, e, n in migrated.activity(0)] == [("work", "published", 1)]
 
 
 def test_foreign_tables_are_refused(tmp_path: Path) -> None:
