@@ -25,10 +25,10 @@ from .exceptions import (
 from .jobs import Job
 from .publishing import MAX_RETRIES_HEADER, UNIQUE_HEADER, message_rows, parse_eta, publish, stored_message
 from .routing import route
-from .rules import MAX_PRIORITY, MAX_RETRIES_LIMIT, is_control_queue
+from .rules import MAX_PRIORITY, MAX_RETRIES_LIMIT, WAL_LIMIT_BYTES, is_control_queue
 from .settings import DEFAULTS, SETTINGS, Setting, normalize_key
 from .states import JobState
-from .store import JobStore, NewJob
+from .store import STATS_EVENTS, JobStore, NewJob
 
 TRANSPORT_ALIASES["sqlite"] = "queuectl_kombu.transport:Transport"
 
@@ -55,8 +55,10 @@ __all__ = [
     "PayloadTooLarge",
     "QueuectlError",
     "SETTINGS",
+    "STATS_EVENTS",
     "Setting",
     "UNIQUE_HEADER",
+    "WAL_LIMIT_BYTES",
     "__version__",
     "check_path",
     "is_control_queue",

@@ -2,7 +2,7 @@
 
 It renews the leases this process holds, recovers the leases of consumers that died, refreshes
 this process's consumer rows, expires queues and messages past their TTL, prunes completed jobs
-past their retention, checkpoints the WAL, and notices when the database file was deleted or
+past their retention and old minutes of the stats table, checkpoints the WAL, and notices when the database file was deleted or
 replaced under the worker.
 """
 
@@ -101,6 +101,7 @@ class Housekeeper(threading.Thread):
         if now - last.prune >= PRUNE_EVERY:
             retention = self._option("retention")
             store.prune_completed(None if retention is None else float(retention))
+            store.fold_stats()
             last.prune = now
         if now - last.checkpoint >= CHECKPOINT_EVERY or store.wal_too_large():
             store.checkpoint()

@@ -4,7 +4,8 @@ one method per verb, every job state change. Its parts, by what they hold:
 - jobs.py: publish, claim, ack, requeue, fail, the dead-letter queue (every state change);
 - reading.py: one job, lists, counts, schedules;
 - topology.py: queues, exchanges, bindings, consumers;
-- housekeeping.py: leases renewed and recovered, completed jobs pruned;
+- housekeeping.py: leases renewed and recovered, completed jobs pruned, old stats folded;
+- metrics.py: reads for the metrics and the health check;
 - config.py: the config table; base.py: the database, the clock, commits and the WAL.
 """
 
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 from .housekeeping import Housekeeping
 from .jobs import JobChanges, NewJob
+from .metrics import STATS_EVENTS, MetricReads
 from .reading import JobReads
 from .topology import CONSUMER_HEARTBEAT, CONSUMER_TIMEOUT, Topology
 
-__all__ = ["CONSUMER_HEARTBEAT", "CONSUMER_TIMEOUT", "JobStore", "NewJob"]
+__all__ = ["CONSUMER_HEARTBEAT", "CONSUMER_TIMEOUT", "STATS_EVENTS", "JobStore", "NewJob"]
 
 
-class JobStore(JobChanges, Housekeeping, JobReads, Topology):
+class JobStore(JobChanges, Housekeeping, JobReads, MetricReads, Topology):
     """Every statement against one queuectl database goes through here (results: ResultStore)."""

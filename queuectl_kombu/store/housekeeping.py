@@ -1,4 +1,5 @@
-"""Housekeeping of the jobs table: leases renewed and recovered, completed jobs pruned."""
+"""Housekeeping of the jobs table: leases renewed and recovered, completed jobs pruned; and of
+the stats table: minutes past STATS_KEEP folded into one row per queue and event."""
 
 from __future__ import annotations
 
@@ -9,6 +10,10 @@ from ..states import JobState
 from .config import ConfigStore
 
 logger = logging.getLogger("queuectl_kombu.store")
+
+#: Seconds of per-minute counts the stats table keeps (the dashboard's chart shows the last
+#: hour); older minutes are folded into one row per queue and event at minute 0.
+STATS_KEEP = 7 * 24 * 3600.0
 
 
 class Housekeeping(ConfigStore):
@@ -61,3 +66,18 @@ class Housekeeping(ConfigStore):
             self._committed()
             logger.info("pruned %d completed jobs", total)
         return total
+
+    def fold_stats(self, keep: float = STATS_KEEP) -> int:
+        """Fold the stats table's minutes older than `keep` seconds into one row per queue and
+        event at minute 0: every total stays what it was, the table stays bounded. Returns how
+        many rows were folded (a read only, when there are none)."""
+        cutoff = int((self.clock() - keep) // 60)
+        params = {"cutoff": cutoff}
+        if self.db.connection().execute(Q["stats_has_old"], params).fetchone() is None:
+            return 0
+        with self.db.write() as conn:
+            conn.execute(Q["stats_fold"], params)
+            n = conn.execute(Q["stats_drop_folded"], params).rowcount
+        self._committed()
+        logger.info("folded %d rows of stats older than %g s into the totals", n, keep)
+        return n
