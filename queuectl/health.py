@@ -26,12 +26,12 @@ DEFAULT_MAX_PENDING_AGE = 900.0
 @dataclass(frozen=True)
 class HealthReport:
     """The answer: healthy or not, and why; what was measured on the way (None: not reached,
-    or workers not asked)."""
+    nothing waiting, or no worker asked); `worker` names the first worker that answered."""
 
     ok: bool
     reasons: list[str] = field(default_factory=list)
     database: str = ""
-    workers: int | None = None
+    worker: str | None = None
     oldest_pending_age: float | None = None
     oldest_pending_queue: str | None = None
     wal_bytes: int | None = None
@@ -40,16 +40,16 @@ class HealthReport:
         """One line: what was found healthy, or every reason it is not."""
         if not self.ok:
             return "; ".join(self.reasons)
-        workers = "not asked" if self.workers is None else str(self.workers)
+        worker = "not asked" if self.worker is None else self.worker
         oldest = ("none waiting" if self.oldest_pending_age is None
                   else f"{self.oldest_pending_age:.0f} s ({self.oldest_pending_queue})")
-        return (f"healthy: {self.database}: quick check ok, workers answering: {workers}, "
+        return (f"healthy: {self.database}: quick check ok, worker answering: {worker}, "
                 f"oldest pending job: {oldest}, WAL {self.wal_bytes} bytes")
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able form (the dashboard's /healthz body)."""
         return {
-            "ok": self.ok, "reasons": list(self.reasons), "database": self.database, "workers": self.workers,
+            "ok": self.ok, "reasons": list(self.reasons), "database": self.database, "worker": self.worker,
             "oldest_pending_age": self.oldest_pending_age, "oldest_pending_queue": self.oldest_pending_queue,
             "wal_bytes": self.wal_bytes,
         }
@@ -87,10 +87,12 @@ def check_health(
     if wal > WAL_LIMIT_BYTES:
         reasons.append(f"the WAL holds {wal} bytes, more than its limit of {WAL_LIMIT_BYTES} "
                        "(a long reader keeps checkpoints from finishing)")
-    workers = None
+    worker = None
     if not workers_ok_missing:
-        workers = len(answering(app, timeout))
-        if not workers:
+        names = answering(app, timeout, limit=1)  # the first answer is enough
+        if names:
+            worker = min(names)
+        else:
             reasons.append(f"no worker answered a ping within {timeout:g} s")
-    return HealthReport(not reasons, reasons, database=path, workers=workers, oldest_pending_age=oldest_age,
+    return HealthReport(not reasons, reasons, database=path, worker=worker, oldest_pending_age=oldest_age,
                         oldest_pending_queue=oldest_queue, wal_bytes=wal)

@@ -56,9 +56,10 @@ def live_workers(app: Celery, timeout: float) -> list[WorkerInfo]:
     return workers
 
 
-def answering(app: Celery, timeout: float, names: list[str] | None = None) -> set[str]:
-    """Names of the workers that answer a ping within `timeout` (among `names` if given)."""
-    replies = app.control.ping(destination=names, timeout=timeout) or []
+def answering(app: Celery, timeout: float, names: list[str] | None = None, limit: int | None = None) -> set[str]:
+    """Names of the workers that answer a ping within `timeout` (among `names` if given; done
+    as soon as `limit` have answered, if given)."""
+    replies = app.control.ping(destination=names, timeout=timeout, limit=limit) or []
     return {name for reply in replies for name in reply}
 
 
