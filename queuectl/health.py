@@ -17,7 +17,7 @@ from celery import Celery
 
 from queuectl_kombu import WAL_LIMIT_BYTES, JobStore, QueuectlError
 
-from .cli.remote import answering
+from .workers import answering
 
 #: Seconds a runnable job may wait before the queue counts as backed up (--max-pending-age).
 DEFAULT_MAX_PENDING_AGE = 900.0

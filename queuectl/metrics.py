@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 
 from queuectl_kombu import STATS_EVENTS, WAL_LIMIT_BYTES, JobState, JobStore, is_control_queue
 
-from .cli.remote import answering
+from .workers import answering
 
 #: The Content-Type of what render_metrics returns (the Prometheus text format).
 CONTENT_TYPE = CONTENT_TYPE_LATEST

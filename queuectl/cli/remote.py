@@ -10,6 +10,8 @@ from typing import Any
 
 from celery import Celery
 
+from ..workers import answering
+
 
 @dataclass(frozen=True)
 class WorkerInfo:
@@ -54,13 +56,6 @@ def live_workers(app: Celery, timeout: float) -> list[WorkerInfo]:
             )
         )
     return workers
-
-
-def answering(app: Celery, timeout: float, names: list[str] | None = None, limit: int | None = None) -> set[str]:
-    """Names of the workers that answer a ping within `timeout` (among `names` if given; done
-    as soon as `limit` have answered, if given)."""
-    replies = app.control.ping(destination=names, timeout=timeout, limit=limit) or []
-    return {name for reply in replies for name in reply}
 
 
 def pid_running(pid: int) -> bool:

@@ -11,10 +11,11 @@ import uuid
 
 import click
 
+from ..workers import answering
 from .context import CliState, state
 from .options import timeout_option
 from .output import note
-from .remote import answering, live_workers, wait_until_gone
+from .remote import live_workers, wait_until_gone
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 

@@ -4,6 +4,8 @@ value read back with prometheus_client's own parser, from a file built with a se
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -126,3 +128,10 @@ def test_metrics_of_a_missing_file_is_an_error_and_creates_nothing(cli: Callable
     assert (result.exit_code, result.stdout) == (1, "")
     assert result.stderr == f"Error: database {db} does not exist\n"
     assert not db.exists()
+
+
+def test_the_product_modules_import_on_their_own() -> None:
+    """The dashboard imports them without the command line: no import circle through queuectl.cli."""
+    for module in ("queuectl.metrics", "queuectl.health"):
+        proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=60)
+        assert (proc.returncode, proc.stderr) == (0, ""), module
