@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from celery import Celery
 from click.testing import Result
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -21,7 +22,7 @@ from .conftest import Processes
 
 
 @pytest.fixture
-def app(db: Path) -> Iterator[object]:
+def app(db: Path) -> Iterator[Celery]:
     """A Celery app on the test's database (for the pings of the health check)."""
     celery_app = make_app(str(db))
     yield celery_app
@@ -32,7 +33,7 @@ def an_hour_ago() -> float:
     return time.time() - 3600
 
 
-def test_a_file_with_a_fresh_job_is_healthy_without_workers(db: Path, clock: Clock, app) -> None:
+def test_a_file_with_a_fresh_job_is_healthy_without_workers(db: Path, clock: Clock, app: Celery) -> None:
     store = JobStore(str(db), clock=clock)
     store.publish(NewJob(queue="q", payload="1"))
     clock.advance(DEFAULT_MAX_PENDING_AGE)
@@ -43,7 +44,7 @@ def test_a_file_with_a_fresh_job_is_healthy_without_workers(db: Path, clock: Clo
                              f"oldest pending job: {DEFAULT_MAX_PENDING_AGE:.0f} s (q), WAL {report.wal_bytes} bytes")
 
 
-def test_a_job_waiting_too_long_is_unhealthy(db: Path, clock: Clock, app) -> None:
+def test_a_job_waiting_too_long_is_unhealthy(db: Path, clock: Clock, app: Celery) -> None:
     store = JobStore(str(db), clock=clock)
     store.publish(NewJob(queue="fresh", payload="1"))
     clock.advance(30)
@@ -53,7 +54,7 @@ def test_a_job_waiting_too_long_is_unhealthy(db: Path, clock: Clock, app) -> Non
     assert not report.ok and report.line() == report.reasons[0]
 
 
-def test_an_oversized_wal_is_unhealthy(db: Path, app) -> None:
+def test_an_oversized_wal_is_unhealthy(db: Path, app: Celery) -> None:
     store = JobStore(str(db))
     big = "x" * (1024 * 1024)
     ids = store.publish_many([NewJob(queue="q", payload=big) for _ in range(WAL_LIMIT_BYTES // len(big) + 1)])
@@ -65,7 +66,7 @@ def test_an_oversized_wal_is_unhealthy(db: Path, app) -> None:
                               "(a long reader keeps checkpoints from finishing)"]
 
 
-def test_a_damaged_file_fails_the_quick_check(db: Path, app) -> None:
+def test_a_damaged_file_fails_the_quick_check(db: Path, app: Celery) -> None:
     store = JobStore(str(db))
     store.publish_many([NewJob(queue="q", payload="x" * 200, task_id=f"t{i}") for i in range(2000)])
     store.close()  # the WAL is copied into the file
@@ -78,7 +79,7 @@ def test_a_damaged_file_fails_the_quick_check(db: Path, app) -> None:
     assert reason.endswith(" more problems)")
 
 
-def test_a_file_that_is_not_a_database_is_unhealthy(db: Path, app) -> None:
+def test_a_file_that_is_not_a_database_is_unhealthy(db: Path, app: Celery) -> None:
     db.write_text("not a database\n" * 100)
     report = check_health(JobStore(str(db)), app, workers_ok_missing=True)
     assert report.reasons == [f"database {db} is unusable: cannot open database {db}: "
