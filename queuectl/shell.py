@@ -1,13 +1,15 @@
-"""Running one shell command: its own process group, a timeout, and the tails of its output."""
+"""Running one shell command: its own process group (killed on a timeout, and with the pool process
+that runs it when Celery terminates the task), a timeout, and the tails of its output."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import IO, Any
 
@@ -97,6 +99,34 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
+@contextlib.contextmanager
+def _group_dies_with_us(pgid: int) -> Iterator[None]:
+    """While the command runs: a SIGTERM to this process kills the command's process group
+    first, then this process as SIGTERM would have.
+
+    The command runs in a session of its own (so that a timeout can kill all of it), which a
+    signal to this process does not reach. Celery terminates a task (``revoke(terminate=True)``,
+    ``queuectl cancel``) by sending SIGTERM to the prefork pool process that runs it; without this
+    the command would run on, orphaned. Only where SIGTERM has its default action and on the main
+    thread (a prefork pool process): a solo worker's own SIGTERM handler (warm shutdown) is left
+    alone, and threads cannot take signals.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        _kill_group(pgid)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)  # die of it, as Celery expects of a terminated pool process
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def run_command(
     command: str,
     *,
@@ -129,7 +159,8 @@ def run_command(
         reader.start()
     timed_out = False
     try:
-        proc.wait(timeout=timeout)
+        with _group_dies_with_us(proc.pid):
+            proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
         _kill_group(proc.pid)

@@ -2,6 +2,10 @@
 
 Importing the package registers the ``sqlite://`` scheme with kombu. The names below are its
 public API (what the queuectl command line uses); docs/architecture.md maps the modules.
+
+Steering the queue: ``JobStore.pause_queue`` / ``resume_queue`` / ``paused_queues`` /
+``queue_overview`` (QueueInfo), ``cancel_jobs`` / ``cancel_matching`` (Cancellation) and
+``JobStore.cancel_waiting``; ``JobStore.dlq_retry`` runs a cancelled job again.
 """
 
 from __future__ import annotations
@@ -9,6 +13,15 @@ from __future__ import annotations
 from kombu.transport import TRANSPORT_ALIASES
 
 from .paths import check_path, url_path
+from .cancel import (
+    OUTCOME_CANCELLED,
+    OUTCOME_FINISHED,
+    OUTCOME_NOT_STOPPABLE,
+    OUTCOME_STILL_RUNNING,
+    Cancellation,
+    cancel_jobs,
+    cancel_matching,
+)
 from .exceptions import (
     DatabaseLocked,
     DatabaseMoved,
@@ -21,20 +34,23 @@ from .exceptions import (
     JobNotFound,
     PayloadTooLarge,
     QueuectlError,
+    QueueNotFound,
 )
 from .jobs import Job
 from .publishing import MAX_RETRIES_HEADER, UNIQUE_HEADER, message_rows, parse_eta, publish, stored_message
 from .routing import route
-from .rules import MAX_PRIORITY, MAX_RETRIES_LIMIT, WAL_LIMIT_BYTES, is_control_queue
+from .rules import CANCELLED, MAX_PRIORITY, MAX_RETRIES_LIMIT, REVIVED_HEADER, WAL_LIMIT_BYTES, is_control_queue
 from .settings import DEFAULTS, SETTINGS, Setting, normalize_key
 from .states import JobState
-from .store import STATS_EVENTS, JobStore, NewJob
+from .store import STATS_EVENTS, JobStore, NewJob, QueueInfo
 
 TRANSPORT_ALIASES["sqlite"] = "queuectl_kombu.transport:Transport"
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CANCELLED",
+    "Cancellation",
     "DEFAULTS",
     "DatabaseLocked",
     "DatabaseMoved",
@@ -52,14 +68,23 @@ __all__ = [
     "MAX_RETRIES_HEADER",
     "MAX_RETRIES_LIMIT",
     "NewJob",
+    "OUTCOME_CANCELLED",
+    "OUTCOME_FINISHED",
+    "OUTCOME_NOT_STOPPABLE",
+    "OUTCOME_STILL_RUNNING",
     "PayloadTooLarge",
+    "QueueInfo",
+    "QueueNotFound",
     "QueuectlError",
+    "REVIVED_HEADER",
     "SETTINGS",
     "STATS_EVENTS",
     "Setting",
     "UNIQUE_HEADER",
     "WAL_LIMIT_BYTES",
     "__version__",
+    "cancel_jobs",
+    "cancel_matching",
     "check_path",
     "is_control_queue",
     "message_rows",

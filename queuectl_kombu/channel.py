@@ -20,8 +20,9 @@ from .jobs import ClaimedJob
 from .loop import COALESCE
 from .publishing import publish
 from .qos import QoS
+from .revokes import forget_revoke_before_revival
 from .routing import Routing
-from .rules import MAX_PRIORITY
+from .rules import MAX_PRIORITY, REVIVED_HEADER
 
 if TYPE_CHECKING:
     from .transport import Transport
@@ -121,6 +122,8 @@ class Channel(Routing, virtual.Channel):
         props["delivery_tag"] = f"{claimed.id}:{next(_tags)}"
         info = props.setdefault("delivery_info", {})
         info["redelivered"] = claimed.deliveries > 1  # any delivery after the first
+        if REVIVED_HEADER in payload:
+            forget_revoke_before_revival(message)  # a cancelled job that dlq retry revived
         return message
 
     def _claim_soon(self, room: int | None) -> bool:

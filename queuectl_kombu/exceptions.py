@@ -47,6 +47,10 @@ class JobNotFound(QueuectlError):
     """No job has that id."""
 
 
+class QueueNotFound(QueuectlError):
+    """No queue has that name (none was declared and no job is in it)."""
+
+
 class InvalidTransition(QueuectlError):
     """The job is not in the state this change expects."""
 

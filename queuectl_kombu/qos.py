@@ -16,6 +16,8 @@ from typing import Any
 
 from kombu.transport import virtual
 
+from .revokes import revoked_reason
+
 logger = logging.getLogger(__name__)
 
 #: After a failed write, ERROR is logged at most this often.
@@ -34,6 +36,7 @@ class QoS(virtual.QoS):
         super().__init__(channel, prefetch_count)
         self._acks: list[int] = []
         self._rejects: list[tuple[int, bool]] = []  # (job id, requeue) whose write failed
+        self._cancels: list[tuple[int, str]] = []  # (job id, reason) whose write failed
         #: When writes began to fail (None while they succeed).
         self.failing_since: float | None = None
         self._failed_logged_at = -math.inf
@@ -43,9 +46,13 @@ class QoS(virtual.QoS):
 
     def ack_message(self, delivery_tag: Any) -> None:
         """Complete the message's row (or delete it when retention is 0): buffered on the event
-        loop's thread, written at once elsewhere."""
+        loop's thread, written at once elsewhere. The ack of a task that a Celery worker
+        discarded or terminated because it was revoked moves the row to dead instead (revokes.py)."""
         channel = self.channel
-        if channel.transport.on_loop_thread():
+        reason = revoked_reason(self._delivered.get(delivery_tag))
+        if reason is not None:
+            self._cancel_message(delivery_tag, reason)
+        elif channel.transport.on_loop_thread():
             self._acks.append(job_id(delivery_tag))
             self.ack(delivery_tag)
             self._slot_freed()
@@ -67,13 +74,28 @@ class QoS(virtual.QoS):
         if on_loop:
             self._slot_freed()
 
+    def _cancel_message(self, delivery_tag: Any, reason: str) -> None:
+        """The ack of a revoked task: its row ends dead with last_error `reason`."""
+        on_loop = self.channel.transport.on_loop_thread()
+        job = job_id(delivery_tag)
+        try:
+            self.channel.store.cancel_processing(job, self.channel.transport.owner, reason)
+        except sqlite3.OperationalError as exc:
+            if not on_loop:
+                raise
+            self._cancels.append((job, reason))  # flush retries it
+            self._write_failed(exc)
+        self.ack(delivery_tag)
+        if on_loop:
+            self._slot_freed()
+
     def restore_message(self, delivery_tag: Any) -> None:
         """Hand an unacked message back: its row returns to pending (no copy)."""
         self.channel.store.requeue(job_id(delivery_tag), self.channel.transport.owner)
 
     def pending_writes(self) -> int:
-        """Acks and rejects waiting to be written."""
-        return len(self._acks) + len(self._rejects)
+        """Acks, rejects and cancels waiting to be written."""
+        return len(self._acks) + len(self._rejects) + len(self._cancels)
 
     def flush(self) -> None:
         """Write the gathered acks and the rejects that could not be written yet; a write that
@@ -81,6 +103,7 @@ class QoS(virtual.QoS):
         channel = self.channel
         acks, self._acks = self._acks, []
         rejects, self._rejects = self._rejects, []
+        cancels, self._cancels = self._cancels, []
         try:
             if acks:
                 channel.store.ack_many(acks, channel.transport.owner, channel.retention)
@@ -88,9 +111,13 @@ class QoS(virtual.QoS):
             while rejects:
                 self._reject(*rejects[0])
                 rejects.pop(0)
+            while cancels:
+                channel.store.cancel_processing(cancels[0][0], channel.transport.owner, cancels[0][1])
+                cancels.pop(0)
         except sqlite3.OperationalError as exc:
             self._acks[:0] = acks
             self._rejects[:0] = rejects
+            self._cancels[:0] = cancels
             self._write_failed(exc)
             return
         if self.failing_since is not None:

@@ -1,5 +1,6 @@
 """The rules every part of queuectl shares, each defined once: ranges, ready states, control
-queues, WAL size, wake-up bound. The SQL files name them as {TOKENS} (see sql/__init__.py)."""
+queues, WAL size, wake-up bound, what a cancel writes. The SQL files name them as {TOKENS} (see
+sql/__init__.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,13 @@ EVENT_QUEUE_PREFIX = "celeryev."
 WAL_LIMIT_BYTES = 8 * 1024 * 1024
 #: Longest anything that waits for the file to change sleeps before it looks again anyway.
 MAX_WAIT = 1.0
+#: The last_error of a job that was cancelled (queuectl cancel, or revoked through Celery): it is
+#: dead, so `dlq retry` runs it again.
+CANCELLED = "cancelled"
+#: The header `dlq retry` puts on a cancelled job's message: when it was revived (epoch seconds).
+#: A worker that still remembers the task's revoke from before that time forgets it (revokes.py),
+#: so the retried job runs instead of being discarded as revoked again.
+REVIVED_HEADER = "x-queuectl-revived"
 
 
 def is_control_queue(name: str) -> bool:
@@ -37,14 +45,19 @@ _READY_SQL = "(" + ", ".join(_sql_text(s.value) for s in READY_STATES) + ")"
 SQL_TOKENS: dict[str, str] = {
     "MAX_PRIORITY": str(MAX_PRIORITY),
     "READY_STATES": _READY_SQL,
-    # A row of :queue that a claim may take at :now: waiting, due, and not past its TTL.
+    # A row of :queue that a claim may take at :now: waiting, due, not past its TTL, and in a queue
+    # that is not paused (the queue's row is read once per statement, not once per job).
     "DUE_IN_QUEUE": (
         f"queue = :queue AND state IN {_READY_SQL} AND next_run_at <= :now "
-        "AND (expires_at IS NULL OR expires_at > :now)"
+        "AND (expires_at IS NULL OR expires_at > :now) "
+        "AND NOT EXISTS (SELECT 1 FROM queues WHERE name = :queue AND paused)"
     ),
     "JOB_QUEUE": (
         f"(queue NOT LIKE {_sql_text('%' + CONTROL_QUEUE_SUFFIX)} "
         f"AND queue NOT LIKE {_sql_text(EVENT_QUEUE_PREFIX + '%')})"
     ),
     "WAL_LIMIT_BYTES": str(WAL_LIMIT_BYTES),
+    "CANCELLED": _sql_text(CANCELLED),
+    # json_set's path to the revived header of a stored message
+    "REVIVED_PATH": _sql_text(f'$.headers."{REVIVED_HEADER}"'),
 }

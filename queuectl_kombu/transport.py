@@ -154,6 +154,10 @@ class Transport(virtual.Transport):
         """Keep a failed task's error on its processing row, for the reject that follows."""
         self.store.record_error(task_id, error)
 
+    def record_task_terminated(self, task_id: str) -> None:
+        """A task terminated by a revoke after an early ack: its completed row ends dead, "cancelled"."""
+        self.store.cancel_completed(task_id)
+
     # -- Celery's event loop (kombu's hub): used by workers, with the prefork pool's AsynPool --
 
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:

@@ -12,7 +12,7 @@ import click
 
 from queuectl_kombu import InvalidInput, QueuectlError
 from ..settings import default_db_path
-from . import config, dlq, enqueue, jobs, monitoring, worker
+from . import cancel, config, dlq, enqueue, jobs, monitoring, queues, worker
 from .context import CliState
 
 EXAMPLES = """\b
@@ -29,6 +29,8 @@ Examples:
   queuectl dlq list
   queuectl dlq retry job1          (or: queuectl dlq retry --all)
   queuectl dlq purge
+  queuectl cancel job1             (or: queuectl cancel --queue batch --state pending)
+  queuectl queue pause batch       (queuectl queue resume batch, queuectl queue list)
   queuectl config show
   queuectl config get max-retries
   queuectl config set backoff-base 3
@@ -120,7 +122,7 @@ def cli(ctx: click.Context, db_path: str | None, verbose: int) -> None:
 
 
 for _command in (enqueue.enqueue, enqueue.run, worker.worker, jobs.status, jobs.list_jobs, jobs.show, dlq.dlq,
-                 config.config, monitoring.metrics, monitoring.health):
+                 cancel.cancel, queues.queue, config.config, monitoring.metrics, monitoring.health):
     cli.add_command(_command)
 
 

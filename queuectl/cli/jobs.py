@@ -27,7 +27,8 @@ WORKER_COLUMNS = ("name", "pid", "concurrency", "active", "active_jobs")
               help="Ask the live workers what they run (waits up to --timeout).")
 @timeout_option(1.0, "workers to answer")
 def status(fmt: str, ask_workers: bool, timeout: float) -> None:
-    """Show jobs per state and per queue, the oldest pending job's age and the live workers.
+    """Show jobs per state and per queue, the paused queues, the oldest pending job's age and the
+    live workers.
 
     \b
     Examples:
@@ -37,6 +38,7 @@ def status(fmt: str, ask_workers: bool, timeout: float) -> None:
     cli_state = state()
     store = cli_state.existing_jobstore()
     per_queue = queue_counts(store) if store is not None else {}
+    paused = store.paused_queues() if store is not None else []
     totals = state_totals(per_queue)
     oldest: Job | None = None
     if store is not None and totals[JobState.PENDING.value]:
@@ -48,6 +50,7 @@ def status(fmt: str, ask_workers: bool, timeout: float) -> None:
         "database": cli_state.db_path,
         "jobs": totals,
         "queues": per_queue,
+        "paused_queues": paused,
         "oldest_pending": None if oldest is None else {
             "id": job_row(oldest)["id"], "created_at": iso_time(oldest.created_at),
             "age": round(now - oldest.created_at, 3),
@@ -60,8 +63,11 @@ def status(fmt: str, ask_workers: bool, timeout: float) -> None:
     click.echo(f"database: {cli_state.db_path}\n")
     click.echo(table([{"state": s, "jobs": n} for s, n in totals.items()], ("state", "jobs")))
     if per_queue:
-        rows = [{"queue": q, **counts} for q, counts in per_queue.items()]
+        rows = [{"queue": f"{q} (paused)" if q in paused else q, **counts} for q, counts in per_queue.items()]
         click.echo("\n" + table(rows, ("queue", *STATES)))
+    if paused:
+        click.echo(f"\npaused queues: {', '.join(paused)} (workers take none of their jobs; "
+                   "queuectl queue resume NAME)")
     if oldest is not None:
         click.echo(f"\noldest pending job: {data['oldest_pending']['id']}, waiting {age(now - oldest.created_at)}")
     if not ask_workers:

@@ -73,8 +73,11 @@ WHERE id IN (
 RETURNING id, queue, priority, attempts + 1, task_id, payload, deliveries + 1
 
 -- name: next_due
+-- Nothing of a paused queue comes due: a worker sets no timer for it (its resume is a commit,
+-- which wakes every worker).
 SELECT MIN(next_run_at) FROM jobs
 WHERE queue = :queue AND state IN {READY_STATES}
+  AND NOT EXISTS (SELECT 1 FROM queues WHERE name = :queue AND paused)
 
 -- name: complete
 -- Every job of the JSON array :ids that :owner still holds; returns the ids it completed.
@@ -108,6 +111,38 @@ WHERE id = :id AND state = 'processing' AND lease_owner = :owner
 UPDATE jobs
 SET state = 'dead', last_error = :error, lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
 WHERE id = :id AND state = 'processing' AND lease_owner = :owner
+
+-- name: cancel_processing
+-- A revoked task that its worker acknowledged (queuectl cancel, Celery's revoke): dead, not completed.
+UPDATE jobs
+SET state = 'dead', last_error = :error, lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
+WHERE id = :id AND state = 'processing' AND lease_owner = :owner
+RETURNING queue
+
+-- name: cancel_completed
+-- A task acknowledged at its start (task_acks_late off), then terminated by a revoke: the early
+-- ack completed its newest row, which ends dead instead.
+UPDATE jobs
+SET state = 'dead', last_error = :error, updated_at = :now
+WHERE id = (SELECT id FROM jobs WHERE task_id = :task_id ORDER BY id DESC LIMIT 1) AND state = 'completed'
+RETURNING id, queue
+
+-- name: cancel_waiting
+-- Waiting jobs of the JSON array :ids (pending, or failed and waiting for a retry) to the
+-- dead-letter queue, so that dlq retry undoes it.
+UPDATE jobs
+SET state = 'dead', last_error = :error, updated_at = :now
+WHERE id IN (SELECT value FROM json_each(:ids)) AND state IN {READY_STATES}
+RETURNING id, task_id, queue
+
+-- name: cancel_waiting_where
+-- Every waiting job in one of the states of the JSON array :states (ready states only), of
+-- :queue or of every job queue, to the dead-letter queue.
+UPDATE jobs
+SET state = 'dead', last_error = :error, updated_at = :now
+WHERE state IN (SELECT value FROM json_each(:states)) AND state IN {READY_STATES}
+  AND (:queue IS NULL OR queue = :queue) AND {JOB_QUEUE}
+RETURNING id, task_id, queue
 
 -- name: record_error
 UPDATE jobs SET last_error = :error
@@ -156,8 +191,31 @@ SELECT name, arguments, auto_delete, exclusive, expires, message_ttl, max_priori
 FROM queues WHERE name = :name
 
 -- name: list_queues
-SELECT q.name, q.auto_delete, q.exclusive, q.expires, q.message_ttl, q.max_priority,
+SELECT q.name, q.auto_delete, q.exclusive, q.expires, q.message_ttl, q.max_priority, q.paused,
        (SELECT COUNT(*) FROM jobs j WHERE j.queue = q.name AND j.state IN {READY_STATES}) AS size
+FROM queues q ORDER BY q.name
+
+-- name: set_paused
+-- Returns the queue when its flag changed (pausing a paused queue changes nothing).
+UPDATE queues SET paused = :paused WHERE name = :name AND paused <> :paused
+RETURNING name
+
+-- name: insert_paused_queue
+-- A queue that holds jobs but was never declared gets a row to carry its flag.
+INSERT INTO queues (name, arguments, last_used_at, created_at, paused)
+VALUES (:name, '{}', :now, :now, 1)
+ON CONFLICT (name) DO NOTHING
+
+-- name: queue_has_jobs
+SELECT 1 FROM jobs WHERE queue = :queue LIMIT 1
+
+-- name: paused_queues
+SELECT name FROM queues WHERE paused ORDER BY name
+
+-- name: queue_rows
+-- Every declared queue: whether it is paused, and how many live consumers read it.
+SELECT q.name, q.paused,
+       (SELECT COUNT(*) FROM consumers c WHERE c.queue = q.name AND c.last_seen >= :cutoff) AS consumers
 FROM queues q ORDER BY q.name
 
 -- name: touch_queues
@@ -302,15 +360,20 @@ SELECT 1 FROM jobs WHERE task_id = :task_id LIMIT 1
 SELECT task_id FROM jobs WHERE task_id IN (SELECT value FROM json_each(:ids)) LIMIT 1
 
 -- name: revive
--- dlq retry: a dead job goes back to pending with its attempts reset.
+-- dlq retry: a dead job goes back to pending with its attempts reset. A cancelled job's message
+-- gets the revived header (its time), so that workers forget the task's revoke (revokes.py).
 UPDATE jobs
-SET state = 'pending', attempts = 0, next_run_at = :now, updated_at = :now
+SET state = 'pending', attempts = 0, next_run_at = :now, updated_at = :now,
+    payload = CASE WHEN last_error = {CANCELLED} AND json_valid(payload)
+                   THEN json_set(payload, {REVIVED_PATH}, :now) ELSE payload END
 WHERE id = :id AND state = 'dead'
 RETURNING queue
 
 -- name: revive_all
 UPDATE jobs
-SET state = 'pending', attempts = 0, next_run_at = :now, updated_at = :now
+SET state = 'pending', attempts = 0, next_run_at = :now, updated_at = :now,
+    payload = CASE WHEN last_error = {CANCELLED} AND json_valid(payload)
+                   THEN json_set(payload, {REVIVED_PATH}, :now) ELSE payload END
 WHERE state = 'dead'
 RETURNING id, queue
 

@@ -10,6 +10,12 @@
 --                              lease expired (the attempt counts)
 --   processing -> failed       reject without requeue, retries left: next_run_at = now + backoff
 --   processing -> dead         reject without requeue or lease expired, retries exhausted
+--   pending    -> dead         cancel (last_error 'cancelled')
+--   failed     -> dead         cancel (last_error 'cancelled')
+--   processing -> dead         a revoked task acknowledged by its worker (queuectl cancel, Celery's
+--                              revoke): last_error 'cancelled', never completed
+--   completed  -> dead         a task acknowledged at its start (no late ack), then terminated by
+--                              a revoke: 'cancelled'
 --   dead       -> pending      dlq retry (attempts reset)
 --   completed  -> (deleted)    after the retention time
 -- Times are UTC seconds since the epoch (REAL).

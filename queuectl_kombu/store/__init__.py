@@ -1,9 +1,9 @@
 """JobStore: every statement about jobs, queues, routes and config against one queuectl file,
 one method per verb, every job state change. Its parts, by what they hold:
 
-- jobs.py: publish, claim, ack, requeue, fail, the dead-letter queue (every state change);
+- jobs.py: publish, claim, ack, requeue, fail, cancel, the dead-letter queue (every state change);
 - reading.py: one job, lists, counts, schedules;
-- topology.py: queues, exchanges, bindings, consumers;
+- topology.py: queues (pause and resume), exchanges, bindings, consumers;
 - housekeeping.py: leases renewed and recovered, completed jobs pruned, old stats folded;
 - metrics.py: reads for the metrics and the health check;
 - config.py: the config table; base.py: the database, the clock, commits and the WAL.
@@ -15,9 +15,9 @@ from .housekeeping import Housekeeping
 from .jobs import JobChanges, NewJob
 from .metrics import STATS_EVENTS, MetricReads
 from .reading import JobReads
-from .topology import CONSUMER_HEARTBEAT, CONSUMER_TIMEOUT, Topology
+from .topology import CONSUMER_HEARTBEAT, CONSUMER_TIMEOUT, QueueInfo, Topology
 
-__all__ = ["CONSUMER_HEARTBEAT", "CONSUMER_TIMEOUT", "STATS_EVENTS", "JobStore", "NewJob"]
+__all__ = ["CONSUMER_HEARTBEAT", "CONSUMER_TIMEOUT", "STATS_EVENTS", "JobStore", "NewJob", "QueueInfo"]
 
 
 class JobStore(JobChanges, Housekeeping, JobReads, MetricReads, Topology):

@@ -1,4 +1,4 @@
-"""Jobs and their state changes: publish, claim, ack, requeue, fail, the dead-letter queue."""
+"""Jobs and their state changes: publish, claim, ack, requeue, fail, cancel, the dead-letter queue."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .. import settings as settings_mod
 from ..exceptions import DuplicateJob, InvalidTransition, InvalidValue, JobNotFound, PayloadTooLarge
 from ..jobs import ClaimedJob
 from ..retry import RetryPolicy
-from ..rules import MAX_RETRIES_LIMIT
+from ..rules import CANCELLED, MAX_RETRIES_LIMIT, READY_STATES
 from ..sql import QUERIES as Q
 from ..states import JobState
 from .config import ConfigStore
@@ -284,6 +284,76 @@ class JobChanges(ConfigStore):
                 job_id, decision.next_run_at - now, row["attempts"], reason,
             )
         return new_state
+
+    # -- cancel ---------------------------------------------------------------------------------
+
+    def cancel_waiting(
+        self, job_ids: Sequence[int] | None = None, *, queue: str | None = None,
+        states: Iterable[JobState | str] | None = None,
+    ) -> list[tuple[int, str | None, str]]:
+        """Cancel waiting jobs: each one still pending or failed moves to the dead-letter queue
+        with last_error "cancelled" (`dlq_retry` undoes it), in one transaction.
+
+        With `job_ids`: those jobs (one that is not waiting any more, claimed or finished, is left
+        as it is). Without: every job of `queue` (of every queue but Celery's control queues when
+        None) that waits in one of `states` (pending and failed when None; other states are
+        ignored). Returns (id, task id, queue) of each job cancelled; each counts as "cancelled" in
+        the stats table.
+        """
+        params: dict[str, Any] = {"error": CANCELLED, "now": self.clock()}
+        if job_ids is not None:
+            if queue is not None or states is not None:
+                raise InvalidValue("cancel_waiting takes job ids or a queue and states, not both")
+            if not job_ids:
+                return []
+            statement = Q["cancel_waiting"]
+            params["ids"] = json.dumps([int(i) for i in job_ids])
+        else:
+            wanted = {JobState(s).value for s in (READY_STATES if states is None else states)}
+            wanted &= {s.value for s in READY_STATES}
+            if not wanted:
+                return []
+            statement = Q["cancel_waiting_where"]
+            params.update(states=json.dumps(sorted(wanted)), queue=queue)
+        with self.db.write() as conn:
+            rows = conn.execute(statement, params).fetchall()
+            self._tally(conn, "cancelled", (r[2] for r in rows))
+        self._committed()
+        if logger.isEnabledFor(logging.INFO):
+            for row in rows:
+                logger.info("job %d: dead (cancelled while waiting)", row[0])
+        return [(int(r[0]), r[1], str(r[2])) for r in rows]
+
+    def cancel_processing(self, job_id: int, owner: str, error: str = CANCELLED) -> bool:
+        """A running job whose task was revoked ends dead with last_error `error`, never
+        completed: what a worker writes instead of the ack of a revoked task (revokes.py).
+        False if `owner` no longer holds its lease."""
+        with self.db.write() as conn:
+            rows = conn.execute(
+                Q["cancel_processing"], {"id": job_id, "owner": owner, "error": error, "now": self.clock()}
+            ).fetchall()
+            self._tally(conn, "cancelled", (r[0] for r in rows))
+        self._committed()
+        if not rows:
+            logger.warning("job %d: cancel ignored, %s no longer holds its lease", job_id, owner)
+            return False
+        logger.warning("job %d: dead (%s: its task was revoked)", job_id, error)
+        return True
+
+    def cancel_completed(self, task_id: str, error: str = CANCELLED) -> bool:
+        """A task that its worker acknowledged at its start (task_acks_late off) and then
+        terminated because it was revoked: its newest row, completed by that early ack, ends dead
+        with `error`. False if that row is not completed (a late ack made it dead already, or
+        retention 0 deleted it)."""
+        with self.db.write() as conn:
+            rows = conn.execute(
+                Q["cancel_completed"], {"task_id": task_id, "error": error, "now": self.clock()}
+            ).fetchall()
+            self._tally(conn, "cancelled", (r[1] for r in rows))
+        self._committed()
+        for row in rows:
+            logger.warning("job %d: dead (%s: its task was terminated after an early ack)", row[0], error)
+        return bool(rows)
 
     def record_error(self, task_id: str, error: str) -> None:
         """Keep the error of a running task, for the reject that follows."""

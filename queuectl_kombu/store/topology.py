@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from ..exceptions import InvalidValue, QueueNotFound
+from ..rules import is_control_queue
 from ..sql import QUERIES as Q
+from ..states import JobState
 from .base import StoreBase
 
 logger = logging.getLogger("queuectl_kombu.store")
@@ -16,6 +20,27 @@ logger = logging.getLogger("queuectl_kombu.store")
 #: exclusive queues are deleted. Live consumers refresh every CONSUMER_HEARTBEAT seconds.
 CONSUMER_TIMEOUT = 10.0
 CONSUMER_HEARTBEAT = 2.0
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """One queue as `queuectl queue list` (and the dashboard) shows it."""
+
+    name: str
+    #: A paused queue is skipped by every claim of every worker; its running jobs finish.
+    paused: bool
+    #: Jobs per state, every state present (zero included).
+    counts: dict[JobState, int] = field(default_factory=lambda: {s: 0 for s in JobState})
+    #: Live consuming connections (one per worker that reads the queue).
+    consumers: int = 0
+    #: Whether the queue has a row of its own (declared by Celery or kombu, or paused); a queue
+    #: that only holds jobs has none.
+    declared: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form: name, paused, consumers, declared and one key per state."""
+        return {"name": self.name, "paused": self.paused, "consumers": self.consumers,
+                "declared": self.declared, **{state.value: n for state, n in self.counts.items()}}
 
 
 class Topology(StoreBase):
@@ -55,6 +80,70 @@ class Topology(StoreBase):
         """Jobs waiting in `queue` (pending, or failed and waiting for a retry; not expired)."""
         row = self.db.connection().execute(Q["queue_size"], {"queue": queue, "now": self.clock()}).fetchone()
         return int(row[0])
+
+    # -- pause and resume -----------------------------------------------------------------------
+
+    def pause_queue(self, name: str) -> bool:
+        """Pause a queue: from the commit on, no claim of any worker takes its jobs (jobs already
+        claimed finish), and publishing to it goes on. The flag is in the file: it outlives
+        worker restarts. Returns False if it was paused already.
+
+        Raises QueueNotFound for a queue that was never declared and holds no job, and
+        InvalidValue for Celery's control queues (remote control must keep working)."""
+        return self._set_paused(name, True)
+
+    def resume_queue(self, name: str) -> bool:
+        """Resume a paused queue: workers that consume it take its jobs again at once (the
+        commit wakes them). Returns False if it was not paused."""
+        return self._set_paused(name, False)
+
+    def _set_paused(self, name: str, paused: bool) -> bool:
+        if is_control_queue(name):
+            raise InvalidValue(f"{name!r} is a queue of Celery's remote control or events: it cannot be paused")
+        now = self.clock()
+        with self.db.write() as conn:
+            changed = bool(conn.execute(Q["set_paused"], {"name": name, "paused": int(paused)}).fetchall())
+            if not changed and conn.execute(Q["has_queue"], {"name": name}).fetchone() is None:
+                if conn.execute(Q["queue_has_jobs"], {"queue": name}).fetchone() is None:
+                    raise QueueNotFound(f"no queue named {name!r}")
+                if paused:
+                    conn.execute(Q["insert_paused_queue"], {"name": name, "now": now})
+                    changed = True
+        self._committed()
+        if changed:
+            logger.info("queue %s %s", name, "paused" if paused else "resumed")
+        return changed
+
+    def is_paused(self, name: str) -> bool:
+        """Whether claims skip this queue."""
+        return name in self.paused_queues()
+
+    def paused_queues(self) -> list[str]:
+        """The names of the paused queues, sorted."""
+        return [str(r[0]) for r in self.db.connection().execute(Q["paused_queues"])]
+
+    def queue_overview(self) -> list[QueueInfo]:
+        """Every queue that is declared or holds jobs (Celery's control queues left out), by name:
+        its jobs per state, live consumers, and whether it is paused. One grouped count of the
+        jobs and one read of the queues table."""
+        conn = self.db.connection()
+        counts: dict[str, dict[JobState, int]] = {}
+        for queue, state, n in conn.execute(Q["count_by_queue_state"]):
+            counts.setdefault(queue, {s: 0 for s in JobState})[JobState(state)] = n
+        rows = {r[0]: r for r in conn.execute(Q["queue_rows"], {"cutoff": self.clock() - CONSUMER_TIMEOUT})}
+        result = []
+        for name in sorted(set(counts) | set(rows)):
+            if is_control_queue(name):
+                continue
+            row = rows.get(name)
+            result.append(QueueInfo(
+                name=name,
+                paused=bool(row is not None and row["paused"]),
+                counts=counts.get(name) or {s: 0 for s in JobState},
+                consumers=0 if row is None else int(row["consumers"]),
+                declared=row is not None,
+            ))
+        return result
 
     def touch_queues(self, names: Sequence[str]) -> None:
         """Mark queues as in use, so that their x-expires does not run out while consumed."""

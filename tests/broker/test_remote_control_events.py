@@ -192,8 +192,9 @@ def test_revoke_before_delivery(cluster: Cluster) -> None:
     assert runs_of(env, doomed) == []
     assert doomed in cluster.inspect(w1).revoked()[w1.hostname]
     if cluster.broker == "sqlite":
-        # The revoked message was acknowledged, not left behind for a redelivery.
-        assert env.sql("SELECT state FROM jobs WHERE task_id = ?", (doomed,)) == [("completed",)]
+        # The revoked message was acknowledged, not left behind for a redelivery; it never ran, so
+        # its job is dead ("cancelled": dlq retry would run it), not completed.
+        assert env.sql("SELECT state, last_error FROM jobs WHERE task_id = ?", (doomed,)) == [("dead", "cancelled")]
 
 
 def test_revoke_terminate_kills_a_running_task(cluster: Cluster) -> None:
@@ -209,6 +210,8 @@ def test_revoke_terminate_kills_a_running_task(cluster: Cluster) -> None:
     wait_for(lambda: not cluster.inspect(w2).active().get(w2.hostname), 30, interval=0.3, what="w2 to be idle again")
     assert runs_of(env, task_id, "end") == []
     assert task_id in cluster.inspect(w2).revoked()[w2.hostname]
+    if cluster.broker == "sqlite":
+        assert env.sql("SELECT state, last_error FROM jobs WHERE task_id = ?", (task_id,)) == [("dead", "cancelled")]
     # The worker lives on with a new pool process and still runs tasks.
     after = cluster.send("b.record", "after-terminate", queue=f"{cluster.ns}q-w2")
     (run,) = wait_for(lambda: runs_of(env, after), 30, what="a task after the terminated one")

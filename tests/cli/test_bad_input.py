@@ -65,6 +65,14 @@ NO_DB_CASES = [
     (["dlq", "retry", "job1", "--all"], 2, "Error: give a job ID or --all, not both (see 'queuectl dlq retry --help')"),
     (["dlq", "retry", "missing"], 1, "Error: no job with id 'missing'"),
     (["show", "missing"], 1, "Error: no job with id 'missing'"),
+    (["cancel"], 2, "Error: give job IDs, or --queue and/or --state to choose the jobs (see 'queuectl cancel --help')"),
+    (["cancel", "job1", "--queue", "q"], 2, "Error: give job IDs or --queue/--state, not both (see 'queuectl cancel --help')"),
+    (["cancel", "--state", "dead"], 2,
+     "Error: Invalid value for '--state': 'dead' is not one of 'pending', 'failed', 'processing'. "
+     "(see 'queuectl cancel --help')"),
+    (["cancel", "missing"], 1, "Error: no job with id 'missing'"),
+    (["queue", "pause", "batch"], 1, "Error: no queue named 'batch' (queuectl queue list shows them)"),
+    (["queue", "resume", "batch"], 1, "Error: no queue named 'batch' (queuectl queue list shows them)"),
     (["worker", "start", "--count", "0"], 2,
      "Error: Invalid value for '--count' / '-c': 0 is not in the range x>=1. (see 'queuectl worker start --help')"),
 ]
@@ -114,6 +122,11 @@ WITH_DB_CASES = [
     (["config", "set", "max-retries", "many"], 2, "Error: max-retries must be a whole number, not 'many'"),
     (["config", "set", "max-retries", "2.5"], 2, "Error: max-retries must be a whole number, not '2.5'"),
     (["config", "set", "retention", "-60"], 2, "Error: retention must be at least 0, not '-60'"),
+    (["cancel", "job2"], 1, "Error: job job2: already finished, dead: exit 1; nothing changed"),
+    (["cancel", "job1", "nope"], 1, "Error: no job with id 'nope'"),
+    (["queue", "pause", "celery", "nope"], 1, "Error: no queue named 'nope' (queuectl queue list shows them)"),
+    (["queue", "pause", "celery.pidbox"], 2,
+     "Error: 'celery.pidbox' is a queue of Celery's remote control or events: it cannot be paused"),
     (["list", "--state", "waiting"], 2,
      "Error: Invalid value for '--state': 'waiting' is not one of 'pending', 'processing', 'completed', "
      "'failed', 'dead'. (see 'queuectl list --help')"),

@@ -101,7 +101,8 @@ def test_config_show_get_set(cli: Callable[..., Result], db: Path) -> None:
 COMMANDS = [
     ["enqueue"], ["run"], ["worker"], ["worker", "start"], ["worker", "stop"], ["status"], ["list"], ["show"],
     ["dlq"], ["dlq", "list"], ["dlq", "retry"], ["dlq", "purge"], ["config"], ["config", "show"],
-    ["config", "get"], ["config", "set"],
+    ["config", "get"], ["config", "set"], ["cancel"], ["queue"], ["queue", "list"], ["queue", "pause"],
+    ["queue", "resume"],
 ]
 
 
@@ -112,7 +113,7 @@ def test_main_help_lists_every_command_with_an_example(cli: Callable[..., Result
     assert [line.split()[0] for line in commands.splitlines()] == sorted(cli_group.commands)
     examples = [line.strip() for line in result.stdout.split("Examples:\n")[1].splitlines()]
     for path in COMMANDS:
-        if path not in (["worker"], ["dlq"], ["config"]):
+        if path not in (["worker"], ["dlq"], ["config"], ["queue"], ["queue", "list"], ["queue", "resume"]):
             assert any(line.startswith(f"queuectl {' '.join(path)}") for line in examples), path
 
 

@@ -97,6 +97,16 @@ def test_file_queue_and_type_metrics(known: JobStore, db: Path) -> None:
     assert CONTENT_TYPE.startswith("text/plain; version=")
 
 
+def test_a_paused_queue_and_its_cancelled_jobs_show(known: JobStore) -> None:
+    assert known.pause_queue("b")
+    (job_id,) = known.publish_many([NewJob(queue="a", payload="to cancel")])
+    assert [row[0] for row in known.cancel_waiting([job_id])] == [job_id]
+    found = samples(render_metrics(known, None).decode())
+    paused = {dict(labels)["queue"]: v for (name, labels), v in found.items() if name == "queuectl_queue_paused"}
+    assert paused == {"a": 0, "b": 1, "later": 0, "idle": 0}
+    assert found[("queuectl_job_events_total", (("event", "cancelled"), ("queue", "a")))] == 1
+
+
 def test_each_render_reads_the_file_afresh_into_a_registry_of_its_own(known: JobStore, clock: Clock) -> None:
     render_metrics(known, None)
     known.publish(NewJob(queue="a", payload="more"))

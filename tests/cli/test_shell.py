@@ -1,9 +1,14 @@
-"""run_shell and run_command: exit code, duration, output tails, environment, cwd, timeouts that kill
-the whole process group, and no shell for anything but the job's own command."""
+"""run_shell and run_command: exit code, duration, output tails, environment, cwd, timeouts (and a
+SIGTERM to the process running it) that kill the whole process group, and no shell for anything
+but the job's own command."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +18,8 @@ from queuectl.cli.remote import pid_running
 from queuectl.shell import OUTPUT_LIMIT, CommandFailed, CommandTimedOut, check_outcome, run_command
 from queuectl.tasks import run_shell
 
+from tests.support.paths import REPO
+from tests.support.processes import child_env
 from tests.support.waiting import wait_for
 
 
@@ -105,3 +112,21 @@ def test_background_children_of_a_finished_command_do_not_hang_it(tmp_path: Path
 def test_check_outcome_passes_a_success_through() -> None:
     outcome = run_command("exit 0")
     assert check_outcome(outcome) == outcome.as_dict()
+
+
+def test_sigterm_to_the_process_running_a_command_kills_its_group_too(tmp_path: Path) -> None:
+    # What Celery's revoke(terminate=True) does to a prefork pool process (SIGTERM at its default
+    # action there): the command runs in a session of its own, which the signal does not reach.
+    pids = tmp_path / "pids"
+    script = f"from queuectl.shell import run_command; run_command('(sleep 60) & echo $! > {pids}; wait')"
+    proc = subprocess.Popen([sys.executable, "-c", script], env=child_env(REPO), start_new_session=True)
+    try:
+        wait_for(lambda: pids.exists() and pids.read_text().strip(), 30, what="the command to start")
+        grandchild = int(pids.read_text())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == -signal.SIGTERM  # it still dies of the signal, as Celery expects
+        wait_for(lambda: not pid_running(grandchild), 5, what=f"process {grandchild} to be killed")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
