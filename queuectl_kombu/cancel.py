@@ -24,7 +24,8 @@ from typing import Any
 
 from .exceptions import JobNotFound
 from .jobs import Job
-from .rules import CANCELLED, READY_STATES, is_control_queue
+from .notify import ChangeWaiter
+from .rules import CANCELLED, MAX_WAIT, READY_STATES, is_control_queue
 from .states import JobState
 from .store import JobStore
 
@@ -42,6 +43,9 @@ OUTCOME_STILL_RUNNING = "still running"
 #: A running job that cannot be stopped from here: it has no Celery task id, or no app was given.
 OUTCOME_NOT_STOPPABLE = "not stoppable"
 
+#: After a wake-up, the next look comes this soon (the -wal file is written just before the
+#: commit is visible to other connections).
+SETTLE = 0.002
 #: How long cancel_jobs waits for running jobs to stop, by default (seconds).
 DEFAULT_TIMEOUT = 10.0
 
@@ -99,14 +103,14 @@ class Cancellation:
 
 def cancel_jobs(
     store: JobStore, jobs: Iterable[Job | int], app: Any = None, *, timeout: float = DEFAULT_TIMEOUT,
-    signal: str = "SIGTERM", poll: float = 0.05,
+    signal: str = "SIGTERM",
 ) -> list[Cancellation]:
     """Cancel each of `jobs` (Job records or row ids), and return what happened to each, in the
     order given (a job named twice is cancelled once).
 
     Waiting jobs move to the dead-letter queue at once. Running ones are revoked through `app`'s
     remote control with terminate=True and `signal`, and this waits up to `timeout` seconds for
-    their workers to end them (polling the file every `poll` seconds). Raises JobNotFound for a
+    their workers to end them (woken by each change of the file). Raises JobNotFound for a
     row id that no job has (before anything changes).
     """
     found: dict[int, Job] = {}
@@ -127,13 +131,13 @@ def cancel_jobs(
             running.append(current)
         else:
             results[job.id] = _finished(job, current)
-    results.update(_stop_running(store, running, app, timeout=timeout, signal=signal, poll=poll))
+    results.update(_stop_running(store, running, app, timeout=timeout, signal=signal))
     return [results[job_id] for job_id in found]
 
 
 def cancel_matching(
     store: JobStore, app: Any = None, *, queue: str | None = None, states: Sequence[JobState | str] | None = None,
-    timeout: float = DEFAULT_TIMEOUT, signal: str = "SIGTERM", poll: float = 0.05,
+    timeout: float = DEFAULT_TIMEOUT, signal: str = "SIGTERM",
 ) -> list[Cancellation]:
     """Cancel every job of `queue` (every queue but Celery's control queues when None) in one of
     `states`: pending, failed and processing when None (finished jobs cannot be cancelled).
@@ -153,15 +157,16 @@ def cancel_matching(
                         for job_id, task_id, job_queue in moved]
     if JobState.PROCESSING in wanted:
         running = store.list_jobs(JobState.PROCESSING, queue, jobs_only=True)
-        stopped = _stop_running(store, running, app, timeout=timeout, signal=signal, poll=poll)
+        stopped = _stop_running(store, running, app, timeout=timeout, signal=signal)
         results += [stopped[job.id] for job in running]
     return results
 
 
 def _stop_running(
-    store: JobStore, running: list[Job], app: Any, *, timeout: float, signal: str, poll: float,
+    store: JobStore, running: list[Job], app: Any, *, timeout: float, signal: str,
 ) -> dict[int, Cancellation]:
-    """Revoke the running jobs with terminate=True, then wait until each leaves processing."""
+    """Revoke the running jobs with terminate=True, then wait until each leaves processing
+    (woken by the file's changes: the worker's write that ends the job is one)."""
     results: dict[int, Cancellation] = {}
     revocable = [job for job in running if job.task_id and app is not None]
     for job in running:
@@ -170,10 +175,23 @@ def _stop_running(
     if not revocable:
         return results
     task_ids = sorted({job.task_id for job in revocable if job.task_id})
+    waiter = ChangeWaiter(store.path)  # before the revoke: no change after it goes unseen
+    try:
+        return {**results, **_wait_stopped(store, revocable, app, waiter, task_ids, timeout=timeout, signal=signal)}
+    finally:
+        waiter.close()
+
+
+def _wait_stopped(
+    store: JobStore, revocable: list[Job], app: Any, waiter: ChangeWaiter, task_ids: list[str], *,
+    timeout: float, signal: str,
+) -> dict[int, Cancellation]:
+    results: dict[int, Cancellation] = {}
     app.control.revoke(task_ids, terminate=True, signal=signal)
     logger.info("revoke(terminate=True, signal=%s) sent for %s", signal, ", ".join(task_ids))
     deadline = time.monotonic() + timeout
     left = {job.id: job for job in revocable}
+    woke = False
     while left:
         for job_id, job in list(left.items()):
             current = _current(store, job_id)
@@ -191,9 +209,11 @@ def _stop_running(
                 results[job_id] = _result(job, JobState.DEAD, OUTCOME_CANCELLED, CANCELLED)
             else:
                 results[job_id] = _finished(job, current)
-        if not left or time.monotonic() >= deadline:
+        remaining = deadline - time.monotonic()
+        if not left or remaining <= 0:
             break
-        time.sleep(poll)
+        # A wake-up can come a moment before the commit is visible: then look again soon.
+        woke = waiter.wait(min(remaining, SETTLE if woke else MAX_WAIT))
     for job_id, job in left.items():
         results[job_id] = _result(job, JobState.PROCESSING, OUTCOME_STILL_RUNNING, job.last_error)
     return results
