@@ -12,7 +12,7 @@ import click
 
 from queuectl_kombu import InvalidInput, QueuectlError
 from ..settings import default_db_path
-from . import config, dlq, enqueue, jobs, worker
+from . import config, dashboard, dlq, enqueue, jobs, worker
 from .context import CliState
 
 EXAMPLES = """\b
@@ -32,6 +32,7 @@ Examples:
   queuectl config show
   queuectl config get max-retries
   queuectl config set backoff-base 3
+  queuectl dashboard --port 8000
 """
 
 
@@ -118,7 +119,7 @@ def cli(ctx: click.Context, db_path: str | None, verbose: int) -> None:
 
 
 for _command in (enqueue.enqueue, enqueue.run, worker.worker, jobs.status, jobs.list_jobs, jobs.show, dlq.dlq,
-                 config.config):
+                 config.config, dashboard.dashboard):
     cli.add_command(_command)
 
 

@@ -66,5 +66,6 @@ def _load_queries(*filenames: str) -> dict[str, str]:
     return merged
 
 
-#: Every named statement: jobs, queues and config (queries.sql), results (results.sql).
-QUERIES: dict[str, str] = _load_queries("queries.sql", "results.sql")
+#: Every named statement: jobs, queues and config (queries.sql), results (results.sql), the
+#: dashboard's own reads (dashboard.sql).
+QUERIES: dict[str, str] = _load_queries("queries.sql", "results.sql", "dashboard.sql")
