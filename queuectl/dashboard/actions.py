@@ -87,7 +87,7 @@ def _local(target: str | None) -> str:
     """`target` if it is a path of this site, else the overview (never a redirect elsewhere)."""
     if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
         return target
-    return url_for("pages.overview")
+    return url_for("pages.overview_page")
 
 
 @bp.post("/actions/<name>")
