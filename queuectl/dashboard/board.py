@@ -9,6 +9,7 @@ from queuectl_kombu import JobStore
 
 from ..cli.context import CliState
 from ..cli.remote import live_workers, worker_queues
+from .overview import OverviewReader
 from .workers import LiveWorker, WorkerWatch
 
 #: Longest wait for the workers' answers to one question of the watch (seconds).
@@ -16,13 +17,14 @@ WORKER_TIMEOUT = 1.0
 
 
 class Board:
-    """The database of one dashboard (opened, and created if missing, at start), its Celery app
-    and the background watch of the live workers."""
+    """The database of one dashboard (opened, and created if missing, at start), its Celery app,
+    the reader of its overview and the background watch of the live workers."""
 
     def __init__(self, db_path: str, worker_interval: float) -> None:
         self.state = CliState(db_path)
         self.store: JobStore = self.state.jobstore()
         self.celery: Celery = self.state.celery()
+        self.overview = OverviewReader(self.store)
         self.workers = WorkerWatch(self._ask_workers, worker_interval)
 
     def _ask_workers(self) -> list[LiveWorker]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
-from queuectl_kombu import JobStore
+from queuectl_kombu import JobState, JobStore
 
 from ..cli.views import queue_counts, state_totals
 
@@ -33,15 +34,50 @@ class Overview:
     throughput: list[Minute]
 
 
-def overview(store: JobStore, now: float) -> Overview:
-    """The overview at `now` (epoch seconds), from three reads of the store."""
-    per_queue = queue_counts(store)
-    oldest = store.oldest_pending_created_at()
-    return Overview(
-        per_queue=per_queue,
-        totals=state_totals(per_queue),
-        oldest_pending_age=None if oldest is None else max(0.0, now - oldest),
-        throughput=throughput(store.activity(now - (CHART_MINUTES - 1) * 60), now),
+@dataclass(frozen=True)
+class _Reads:
+    """What one look read: the stamp of the file it saw, and the three reads' answers."""
+
+    stamp: tuple[int, int]
+    minute: int
+    per_queue: dict[str, dict[str, int]]
+    oldest_pending_at: float | None
+    activity: list[tuple[int, str, str, int]]
+
+
+class OverviewReader:
+    """The overview of one store, read again only when someone committed since the last look or
+    a new minute began: an update of a file that did not change costs one PRAGMA. The last look
+    is kept per thread, since SQLite's data_version is per connection (one per thread)."""
+
+    def __init__(self, store: JobStore) -> None:
+        self._store = store
+        self._local = threading.local()
+
+    def overview(self, now: float) -> Overview:
+        """The overview at `now` (epoch seconds)."""
+        stamp = self._store.change_stamp()
+        last: _Reads | None = getattr(self._local, "last", None)
+        if last is None or last.stamp != stamp or last.minute != int(now // 60):
+            last = self._local.last = _read(self._store, stamp, now)
+        return Overview(
+            per_queue=last.per_queue,
+            totals=state_totals(last.per_queue),
+            oldest_pending_age=None if last.oldest_pending_at is None else max(0.0, now - last.oldest_pending_at),
+            throughput=throughput(last.activity, now),
+        )
+
+
+def _read(store: JobStore, stamp: tuple[int, int], now: float) -> _Reads:
+    # The oldest pending job is the first in id order (created_at never changes, ids only grow):
+    # one step into the state index, where MIN(created_at) would read every pending row.
+    first = store.list_jobs(JobState.PENDING, None, 1, jobs_only=True)
+    return _Reads(
+        stamp=stamp,
+        minute=int(now // 60),
+        per_queue=queue_counts(store),
+        oldest_pending_at=first[0].created_at if first else None,
+        activity=store.activity(now - (CHART_MINUTES - 1) * 60),
     )
 
 

@@ -14,7 +14,6 @@ from ..cli.views import job_row, output_tails, task_result
 from ..tasks import RUN_SHELL
 from .board import board
 from .chart import chart
-from .overview import overview
 
 bp = Blueprint("pages", __name__)
 
@@ -26,7 +25,7 @@ ORDERS = ("newest", "oldest")
 def _overview_context() -> dict[str, Any]:
     b = board()
     now = time.time()
-    figures = overview(b.store, now)
+    figures = b.overview.overview(now)
     return {"figures": figures, "chart": chart(figures.throughput), "workers": b.workers.latest(), "now": now}
 
 
