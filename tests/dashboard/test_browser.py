@@ -41,13 +41,13 @@ SEE = 20.0
 
 @pytest.fixture
 def browser() -> Iterator[WebDriver]:
-    """Headless chromium, 1280x860, through the system chromedriver."""
+    """Headless chromium, 1280x1180, through the system chromedriver."""
     if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
         pytest.skip("chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     "--window-size=1280,860", "--hide-scrollbars", "--force-device-scale-factor=1"):
+                     "--window-size=1280,1180", "--hide-scrollbars", "--force-device-scale-factor=1"):
         options.add_argument(argument)
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
     yield driver
