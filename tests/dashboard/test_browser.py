@@ -114,8 +114,8 @@ def test_follow_and_steer_the_seed_scenario(
         wait = WebDriverWait(browser, SEE)
         for state in ("pending", "processing", "completed", "failed", "dead"):
             assert count_card(browser, state) == 1, state
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'[data-worker="{worker.hostname}"]'))
-        assert store.find_job("long").task_id in browser.find_element(By.ID, "overview").text
+        [row] = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'[data-worker="{worker.hostname}"]'))
+        assert [cell.text for cell in row.find_elements(By.TAG_NAME, "td")][3:] == ["celery", "long"]  # queues, active
         enqueue(db, "--command", "echo even later", "--queue", "batch")
         wait.until(lambda d: count_card(d, "pending") == 2)
         screenshot("overview")
