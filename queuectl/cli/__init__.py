@@ -12,7 +12,7 @@ import click
 
 from queuectl_kombu import InvalidInput, QueuectlError
 from ..settings import default_db_path
-from . import cancel, config, dlq, enqueue, jobs, monitoring, queues, worker
+from . import cancel, config, dashboard, dlq, enqueue, jobs, monitoring, queues, worker
 from .context import CliState
 
 EXAMPLES = """\b
@@ -36,6 +36,7 @@ Examples:
   queuectl config set backoff-base 3
   queuectl metrics
   queuectl health --max-pending-age 300
+  queuectl dashboard --port 8000
 """
 
 
@@ -122,7 +123,8 @@ def cli(ctx: click.Context, db_path: str | None, verbose: int) -> None:
 
 
 for _command in (enqueue.enqueue, enqueue.run, worker.worker, jobs.status, jobs.list_jobs, jobs.show, dlq.dlq,
-                 cancel.cancel, queues.queue, config.config, monitoring.metrics, monitoring.health):
+                 cancel.cancel, queues.queue, config.config, monitoring.metrics, monitoring.health,
+                 dashboard.dashboard):
     cli.add_command(_command)
 
 

@@ -10,13 +10,12 @@ import click
 
 from queuectl_kombu import Job, JobNotFound, JobState
 
-from ..shell import CommandFailed
 from ..tasks import RUN_SHELL
-from .context import CliState, state
+from .context import state
 from .options import STATES, format_option, limit_option, queue_filter_option, timeout_option
 from .output import age, emit_rows, iso_time, json_text, number, table
 from .remote import live_workers
-from .views import LIST_COLUMNS, job_row, queue_counts, state_totals, visible_jobs
+from .views import LIST_COLUMNS, job_row, output_tails, queue_counts, state_totals, task_result, visible_jobs
 
 WORKER_COLUMNS = ("name", "pid", "concurrency", "active", "active_jobs")
 
@@ -100,33 +99,6 @@ def list_jobs(state_name: str | None, queue: str | None, limit: int, fmt: str) -
     emit_rows([job_row(job) for job in jobs], LIST_COLUMNS, fmt)
 
 
-def task_result(cli_state: CliState, job: Job) -> dict[str, Any] | None:
-    """The job's result from the result backend, or None when it has none."""
-    if not job.task_id:
-        return None
-    meta = cli_state.celery().backend.get_task_meta(job.task_id)
-    if meta.get("status") == "PENDING" and not meta.get("date_done"):
-        return None  # Celery reports an unknown task as PENDING
-    value = meta.get("result")
-    result: dict[str, Any] = {"state": meta.get("status"), "date_done": _date(meta.get("date_done"))}
-    if isinstance(value, CommandFailed):
-        result["error"] = str(value)
-        if value.outcome:
-            result["value"] = value.outcome
-    elif isinstance(value, BaseException):
-        result["error"] = f"{type(value).__name__}: {value}"
-    else:
-        result["value"] = value
-    return result
-
-
-def _date(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = value.isoformat() if hasattr(value, "isoformat") else str(value)
-    return text.replace("+00:00", "Z")
-
-
 def _value(value: Any) -> str:
     if value is None:
         return "-"
@@ -163,11 +135,9 @@ def _show_table(row: dict[str, Any], retries: int) -> str:
     text = [f"{(k + ':').ljust(width)}{_value(v)}" for k, v in lines]
     value = (result or {}).get("value")
     if row["task"] == RUN_SHELL and isinstance(value, dict):
-        for stream in ("stdout", "stderr"):
-            tail = value.get(stream) or ""
-            if tail:
-                text.append(f"{stream} (last {len(tail.encode())} of {value.get(stream + '_bytes')} bytes):")
-                text += ["  " + line for line in tail.rstrip("\n").split("\n")]
+        for stream, tail, size in output_tails(value):
+            text.append(f"{stream} (last {len(tail.encode())} of {size} bytes):")
+            text += ["  " + line for line in tail.rstrip("\n").split("\n")]
     return "\n".join(text)
 
 
@@ -191,7 +161,7 @@ def show(job_id: str, fmt: str) -> None:
         raise JobNotFound(f"no job with id {job_id!r}")
     job = store.find_job(job_id)
     row = job_row(job)
-    row["result"] = task_result(cli_state, job)
+    row["result"] = task_result(cli_state.celery(), job)
     retries = job.max_retries if job.max_retries is not None else store.settings()["max_retries"]
     if fmt == "json":
         click.echo(json_text(row))

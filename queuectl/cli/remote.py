@@ -58,6 +58,13 @@ def live_workers(app: Celery, timeout: float) -> list[WorkerInfo]:
     return workers
 
 
+def worker_queues(app: Celery, timeout: float, count: int) -> dict[str, list[str]]:
+    """The queues each worker consumes, by worker name (stops once `count` workers replied)."""
+    replies = app.control.inspect(timeout=timeout, limit=count).active_queues() or {}
+    return {name: sorted(str(q.get("name")) for q in queues if isinstance(q, dict))
+            for name, queues in replies.items() if isinstance(queues, list)}
+
+
 def pid_running(pid: int) -> bool:
     """Whether a process runs (a zombie that nobody reaped does not)."""
     try:

@@ -1,12 +1,16 @@
-"""What the CLI shows of jobs: a job as a row, listings without control messages, counts per queue."""
+"""What the CLI and the dashboard show of jobs: a job as a row, its result and output tails,
+listings without control messages, counts per queue."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from celery import Celery
+
 from queuectl_kombu import Job, JobState, JobStore, is_control_queue
 
+from ..shell import CommandFailed
 from ..tasks import RUN_SHELL
 from .output import iso_time
 
@@ -83,3 +87,40 @@ def state_totals(per_queue: dict[str, dict[str, int]]) -> dict[str, int]:
             totals[state] += n
     totals["total"] = sum(totals.values())
     return totals
+
+
+def task_result(app: Celery, job: Job) -> dict[str, Any] | None:
+    """The job's result from the app's result backend (what its AsyncResult reads), or None when
+    it has none."""
+    if not job.task_id:
+        return None
+    meta = app.backend.get_task_meta(job.task_id)
+    if meta.get("status") == "PENDING" and not meta.get("date_done"):
+        return None  # Celery reports an unknown task as PENDING
+    value = meta.get("result")
+    result: dict[str, Any] = {"state": meta.get("status"), "date_done": _date(meta.get("date_done"))}
+    if isinstance(value, CommandFailed):
+        result["error"] = str(value)
+        if value.outcome:
+            result["value"] = value.outcome
+    elif isinstance(value, BaseException):
+        result["error"] = f"{type(value).__name__}: {value}"
+    else:
+        result["value"] = value
+    return result
+
+
+def output_tails(value: Any) -> list[tuple[str, str, int | None]]:
+    """(stream, its last bytes, its whole size) of a run_shell result's stdout and stderr that are
+    not empty; nothing for any other value."""
+    if not isinstance(value, dict):
+        return []
+    return [(stream, value[stream], value.get(stream + "_bytes")) for stream in ("stdout", "stderr")
+            if isinstance(value.get(stream), str) and value[stream]]
+
+
+def _date(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = value.isoformat() if hasattr(value, "isoformat") else str(value)
+    return text.replace("+00:00", "Z")

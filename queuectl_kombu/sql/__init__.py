@@ -56,6 +56,8 @@ SCHEMA_OBJECTS: frozenset[str] = frozenset(
 SCHEMA_VERSION = 3
 #: Scripts that bring a file from version N - 1 to N (sql/migrate_N.sql), applied in order.
 MIGRATIONS: dict[int, str] = {n: read(f"migrate_{n}.sql") for n in range(2, SCHEMA_VERSION + 1)}
+
+
 def _load_queries(*filenames: str) -> dict[str, str]:
     merged: dict[str, str] = {}
     for filename in filenames:
@@ -67,5 +69,5 @@ def _load_queries(*filenames: str) -> dict[str, str]:
 
 
 #: Every named statement: jobs, queues and config (queries.sql), results (results.sql), the
-#: metrics' reads and the stats kept bounded (metrics.sql).
-QUERIES: dict[str, str] = _load_queries("queries.sql", "results.sql", "metrics.sql")
+#: metrics' reads and the stats kept bounded (metrics.sql), the dashboard's own reads (dashboard.sql).
+QUERIES: dict[str, str] = _load_queries("queries.sql", "results.sql", "metrics.sql", "dashboard.sql")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +12,9 @@ from ..jobs import Job
 from ..sql import QUERIES as Q
 from ..states import JobState
 from .base import StoreBase
+
+#: What a LIKE pattern must escape (with a backslash) to match a text as it is.
+_LIKE_SPECIAL = re.compile(r"[\\%_]")
 
 
 class JobReads(StoreBase):
@@ -93,6 +97,27 @@ class JobReads(StoreBase):
     def jobs_for_task(self, task_id: str) -> list[Job]:
         """Every row that carries a task id (a retried Celery task may have several)."""
         return [Job.from_row(r) for r in self.db.connection().execute(Q["jobs_by_task_id"], {"task_id": task_id})]
+
+    def search_jobs(
+        self, state: JobState | str | None = None, queue: str | None = None, task_name: str | None = None,
+        text: str | None = None, *, cursor: int | None = None, limit: int = 50, newest_first: bool = True,
+        jobs_only: bool = True,
+    ) -> list[Job]:
+        """A page of jobs by filters, newest or oldest first, after the job `cursor` (the last of
+        the previous page). `text` finds the row id it names, and task ids and calls (a shell
+        job's command) that contain it, ignoring ASCII case."""
+        params = {
+            "state": JobState(state).value if state is not None else None,
+            "queue": queue,
+            "task_name": task_name,
+            "cursor": cursor,
+            "pattern": None if not text else "%" + _LIKE_SPECIAL.sub(r"\\\g<0>", text) + "%",
+            "row_id": int(text) if text and text.isascii() and text.isdecimal() and int(text) < 2**63 else None,
+            "jobs_only": int(jobs_only),
+            "limit": limit,
+        }
+        statement = Q["search_jobs_newest"] if newest_first else Q["search_jobs_oldest"]
+        return [Job.from_row(r) for r in self.db.connection().execute(statement, params)]
 
     def activity(self, since: float) -> list[tuple[int, str, str, int]]:
         """(minute, queue, event, count) from the minute of `since` (epoch seconds) on, oldest

@@ -1,0 +1,112 @@
+"""The dashboard's actions: the DLQ's retry (one, selected, all) and purge, their confirmation,
+and the CSRF check every POST passes."""
+
+from __future__ import annotations
+
+from flask.testing import FlaskClient
+
+from queuectl_kombu import JobNotFound, JobState, JobStore
+
+from .conftest import csrf_of, row_id
+
+
+def token(client: FlaskClient) -> str:
+    """The session's CSRF token, as the DLQ page hands it out."""
+    return csrf_of(client.get("/dlq").text)
+
+
+def states(store: JobStore, *keys: str) -> list[JobState]:
+    return [store.find_job(k).state for k in keys]
+
+
+def test_retry_one_dead_job(client: FlaskClient, store: JobStore) -> None:
+    dead = row_id(store, "dead-1")
+    done = client.post("/actions/dlq-retry", data={"csrf_token": token(client), "target": dead, "next": "/dlq"})
+    assert done.status_code == 303 and done.headers["Location"] == "/dlq"
+    assert states(store, "dead-1", "dead-2") == [JobState.PENDING, JobState.DEAD]
+    assert store.find_job("dead-1").attempts == 0
+    assert "pending again: dead-1" in client.get("/dlq").text  # the note, once
+    assert "pending again" not in client.get("/dlq").text
+
+
+def test_retry_selected_dead_jobs(client: FlaskClient, store: JobStore) -> None:
+    targets = [row_id(store, "dead-1"), row_id(store, "dead-2")]
+    client.post("/actions/dlq-retry", data={"csrf_token": token(client), "target": targets, "next": "/dlq"})
+    assert states(store, "dead-1", "dead-2") == [JobState.PENDING, JobState.PENDING]
+    assert "pending again: dead-1, dead-2" in client.get("/dlq").text
+
+
+def test_retry_of_nothing_selected_or_of_a_job_not_dead_says_why(client: FlaskClient, store: JobStore) -> None:
+    client.post("/actions/dlq-retry", data={"csrf_token": token(client), "next": "/dlq"})
+    assert '<p class="flash error" role="status">select at least one job</p>' in client.get("/dlq").text
+    running = row_id(store, "run-1")
+    client.post("/actions/dlq-retry", data={"csrf_token": token(client), "target": running, "next": "/dlq"})
+    assert f"job {running} is processing, not dead" in client.get("/dlq").text
+    assert states(store, "run-1") == [JobState.PROCESSING]
+
+
+def test_retry_all_asks_first(client: FlaskClient, store: JobStore) -> None:
+    csrf = token(client)
+    asked = client.post("/actions/dlq-retry-all", data={"csrf_token": csrf, "next": "/dlq"})
+    assert asked.status_code == 200
+    assert "Move all 2 dead job(s) back to pending, their attempts reset?" in asked.text
+    assert 'name="confirmed" value="yes"' in asked.text
+    assert states(store, "dead-1", "dead-2") == [JobState.DEAD, JobState.DEAD]  # nothing yet
+    done = client.post("/actions/dlq-retry-all", data={"csrf_token": csrf_of(asked.text), "next": "/dlq",
+                                                       "confirmed": "yes"})
+    assert done.status_code == 303
+    assert states(store, "dead-1", "dead-2") == [JobState.PENDING, JobState.PENDING]
+    assert "2 dead job(s) back to pending" in client.get("/dlq").text
+
+
+def test_purge_asks_first_then_deletes_only_dead_jobs(client: FlaskClient, store: JobStore) -> None:
+    asked = client.post("/actions/dlq-purge", data={"csrf_token": token(client), "next": "/dlq"})
+    assert "Delete all 2 dead job(s) for good? This cannot be undone." in asked.text
+    assert store.counts()[JobState.DEAD] == 2
+    client.post("/actions/dlq-purge", data={"csrf_token": csrf_of(asked.text), "next": "/dlq", "confirmed": "yes"})
+    assert store.counts()[JobState.DEAD] == 0
+    for key in ("dead-1", "dead-2"):
+        try:
+            store.find_job(key)
+        except JobNotFound:
+            continue
+        raise AssertionError(f"{key} was not purged")
+    assert store.counts()[JobState.PENDING] == 2
+    assert "deleted 2 dead job(s)" in client.get("/dlq").text
+
+
+def test_a_post_without_the_csrf_token_is_refused(client: FlaskClient, store: JobStore) -> None:
+    dead = row_id(store, "dead-1")
+    token(client)  # the session has a token; the forged request does not send it
+    for data in ({"target": dead}, {"target": dead, "csrf_token": "forged"}):
+        refused = client.post("/actions/dlq-retry", data=data)
+        assert refused.status_code == 400
+        assert "CSRF token is missing or wrong" in refused.text
+    fresh = client.application.test_client()  # a browser that never loaded a page: no session
+    assert fresh.post("/actions/dlq-purge", data={"csrf_token": "", "confirmed": "yes"}).status_code == 400
+    assert states(store, "dead-1", "dead-2") == [JobState.DEAD, JobState.DEAD]
+
+
+def test_a_post_from_another_site_is_refused(client: FlaskClient, store: JobStore) -> None:
+    refused = client.post("/actions/dlq-retry", data={"csrf_token": token(client), "target": row_id(store, "dead-1")},
+                          headers={"Origin": "http://evil.example"})
+    assert refused.status_code == 403
+    assert states(store, "dead-1") == [JobState.DEAD]
+
+
+def test_the_csrf_token_may_come_as_a_header(client: FlaskClient, store: JobStore) -> None:
+    done = client.post("/actions/dlq-retry", data={"target": row_id(store, "dead-1")},
+                       headers={"X-CSRF-Token": token(client), "Origin": "http://localhost"})
+    assert done.status_code == 303
+    assert states(store, "dead-1") == [JobState.PENDING]
+
+
+def test_an_action_returns_only_to_a_page_of_the_dashboard(client: FlaskClient, store: JobStore) -> None:
+    for away in ("https://evil.example/", "//evil.example/", "/\\evil.example"):
+        done = client.post("/actions/dlq-retry", data={"csrf_token": token(client), "next": away,
+                                                       "target": row_id(store, "dead-1")})
+        assert done.headers["Location"] == "/"
+
+
+def test_an_unknown_action(client: FlaskClient) -> None:
+    assert client.post("/actions/explode", data={"csrf_token": token(client)}).status_code == 404
