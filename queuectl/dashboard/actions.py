@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from queuectl_kombu import InvalidInput, JobState, QueuectlError
+from queuectl_kombu import InvalidInput, JobState, QueuectlError, cancel_jobs
 
 from ..cli.views import job_key
 from .board import Board, board
@@ -66,11 +66,53 @@ def purge_dead(b: Board, targets: list[str]) -> str:
     return f"deleted {b.store.dlq_purge()} dead job(s)"
 
 
+#: Longest a cancel waits for its running jobs to stop before the page returns (seconds).
+CANCEL_TIMEOUT = 10.0
+
+
+def cancel(b: Board, targets: list[str]) -> str:
+    """`queuectl cancel ID`: a waiting job to the dead-letter queue, a running one killed by its
+    worker (Celery's revoke with terminate); `dlq retry` undoes either."""
+    outcomes = cancel_jobs(b.store, _row_ids(targets), b.celery, timeout=CANCEL_TIMEOUT)
+    return "; ".join(outcome.describe() for outcome in outcomes)
+
+
+def _jobs_named(b: Board, targets: list[str]) -> str:
+    return ", ".join(job_key(b.store.get_job(row_id)) for row_id in _row_ids(targets))
+
+
+def _queue(targets: list[str]) -> str:
+    if len(targets) != 1 or not targets[0]:
+        raise InvalidInput("name one queue")
+    return targets[0]
+
+
+def pause(b: Board, targets: list[str]) -> str:
+    """`queuectl queue pause NAME`: every worker skips the queue; its running jobs finish."""
+    name = _queue(targets)
+    changed = b.store.pause_queue(name)
+    return f"queue {name} paused" if changed else f"queue {name} was paused already"
+
+
+def resume(b: Board, targets: list[str]) -> str:
+    """`queuectl queue resume NAME`."""
+    name = _queue(targets)
+    changed = b.store.resume_queue(name)
+    return f"queue {name} resumed" if changed else f"queue {name} was not paused"
+
+
 def _dead_count(b: Board) -> int:
     return b.store.counts()[JobState.DEAD]
 
 
 ACTIONS: dict[str, Action] = {
+    "cancel": Action(
+        "Cancel", cancel,
+        lambda b, targets: f"Cancel {_jobs_named(b, targets)}? A running job is killed; "
+        "the job goes to the dead-letter queue, where Retry runs it again.",
+    ),
+    "queue-pause": Action("Pause", pause),
+    "queue-resume": Action("Resume", resume),
     "dlq-retry": Action("Retry", retry_dead),
     "dlq-retry-all": Action(
         "Retry every dead job", retry_all_dead,

@@ -8,7 +8,7 @@ from flask import Flask, render_template
 from werkzeug.exceptions import HTTPException
 
 from ..cli.output import age, iso_time
-from . import actions, pages, security
+from . import actions, observe, pages, security
 from .board import Board
 
 #: Seconds between two questions to the workers while someone looks.
@@ -26,6 +26,7 @@ def create_app(db_path: str, credentials: tuple[str, str] | None = None, *,
     app.extensions["queuectl"] = b
     app.register_blueprint(pages.bp)
     app.register_blueprint(actions.bp)
+    app.register_blueprint(observe.bp)
     app.add_template_filter(iso_time, "iso")
     app.add_template_filter(age, "age")
     app.add_template_filter(_clock, "clock")

@@ -32,6 +32,8 @@ class Overview:
     totals: dict[str, int]
     oldest_pending_age: float | None
     throughput: list[Minute]
+    #: Paused queues (each also in per_queue, with zero counts if it holds no job).
+    paused: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class _Reads:
     per_queue: dict[str, dict[str, int]]
     oldest_pending_at: float | None
     activity: list[tuple[int, str, str, int]]
+    paused: frozenset[str]
 
 
 class OverviewReader:
@@ -60,8 +63,12 @@ class OverviewReader:
         last: _Reads | None = getattr(self._local, "last", None)
         if last is None or last.stamp != stamp or last.minute != int(now // 60):
             last = self._local.last = _read(self._store, stamp, now)
+        per_queue = dict(last.per_queue)
+        for queue in sorted(last.paused - per_queue.keys()):
+            per_queue[queue] = {}
         return Overview(
-            per_queue=last.per_queue,
+            per_queue=per_queue,
+            paused=last.paused,
             totals=state_totals(last.per_queue),
             oldest_pending_age=None if last.oldest_pending_at is None else max(0.0, now - last.oldest_pending_at),
             throughput=throughput(last.activity, now),
@@ -78,6 +85,7 @@ def _read(store: JobStore, stamp: tuple[int, int], now: float) -> _Reads:
         per_queue=queue_counts(store),
         oldest_pending_at=first[0].created_at if first else None,
         activity=store.activity(now - (CHART_MINUTES - 1) * 60),
+        paused=frozenset(store.paused_queues()),
     )
 
 

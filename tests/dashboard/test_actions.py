@@ -110,3 +110,61 @@ def test_an_action_returns_only_to_a_page_of_the_dashboard(client: FlaskClient, 
 
 def test_an_unknown_action(client: FlaskClient) -> None:
     assert client.post("/actions/explode", data={"csrf_token": token(client)}).status_code == 404
+
+
+def test_cancel_a_waiting_job_asks_first_then_moves_it_to_the_dlq(client: FlaskClient, store: JobStore) -> None:
+    waiting = row_id(store, "wait-1")
+    page = client.get(f"/jobs/{waiting}")
+    assert 'data-action="cancel"' in page.text
+    asked = client.post("/actions/cancel", data={"csrf_token": csrf_of(page.text), "target": waiting,
+                                                 "next": f"/jobs/{waiting}"})
+    assert "Cancel wait-1? A running job is killed" in asked.text
+    assert states(store, "wait-1") == [JobState.PENDING]  # nothing yet
+    done = client.post("/actions/cancel", data={"csrf_token": csrf_of(asked.text), "target": waiting,
+                                                "next": f"/jobs/{waiting}", "confirmed": "yes"})
+    assert done.status_code == 303
+    job = store.find_job("wait-1")
+    assert (job.state, job.last_error) == (JobState.DEAD, "cancelled")
+    after = client.get(f"/jobs/{waiting}").text
+    assert "job wait-1: cancelled (was pending)" in after
+    assert 'data-action="cancel"' not in after and 'data-action="dlq-retry"' in after  # retry undoes it
+
+
+def test_cancel_of_a_finished_job_says_so_and_changes_nothing(client: FlaskClient, store: JobStore) -> None:
+    done_id = row_id(store, "ok-1")
+    assert 'data-action="cancel"' not in client.get(f"/jobs/{done_id}").text  # no button on a finished job
+    client.post("/actions/cancel", data={"csrf_token": token(client), "target": done_id, "next": "/dlq",
+                                         "confirmed": "yes"})
+    assert "job ok-1" in client.get("/dlq").text
+    assert states(store, "ok-1") == [JobState.COMPLETED]
+
+
+def test_pause_and_resume_a_queue_from_the_overview(client: FlaskClient, store: JobStore) -> None:
+    overview = client.get("/").text
+    assert 'data-action="queue-pause"' in overview
+    client.post("/actions/queue-pause", data={"csrf_token": csrf_of(overview), "target": "celery", "next": "/"})
+    assert store.is_paused("celery")
+    page = client.get("/").text
+    assert "queue celery paused" in page
+    assert 'data-queue="celery" data-paused="yes"' in page and 'data-action="queue-resume"' in page
+    client.post("/actions/queue-resume", data={"csrf_token": csrf_of(page), "target": "celery", "next": "/"})
+    assert not store.is_paused("celery")
+    assert "queue celery resumed" in client.get("/").text
+
+
+def test_a_paused_queue_without_jobs_is_listed(client: FlaskClient, store: JobStore) -> None:
+    store.declare_queue("quiet")
+    store.pause_queue("quiet")
+    assert 'data-queue="quiet" data-paused="yes"' in client.get("/live/overview").text
+
+
+def test_metrics_and_healthz_routes(client: FlaskClient, store: JobStore) -> None:
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200 and metrics.content_type.startswith("text/plain; version=")
+    assert 'queuectl_jobs{queue="celery",state="dead"} 2.0' in metrics.text
+    sick = client.get("/healthz")  # no worker answers this test's file
+    assert sick.status_code == 503 and sick.json["ok"] is False
+    assert any("worker" in reason for reason in sick.json["reasons"])
+    fine = client.get("/healthz?no_workers_ok&max_pending_age=1e9")
+    assert fine.status_code == 200 and fine.json["ok"] is True
+    assert client.get("/healthz?max_pending_age=soon").status_code == 400

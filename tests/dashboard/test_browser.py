@@ -5,7 +5,8 @@ One scenario, as a user follows it: a real `queuectl dashboard` and a real worke
 jobs in every state (one succeeds, one fails into the DLQ, one runs long, one waits for its retry,
 one waits in a queue no worker takes). The overview shows the counts and follows a new job without
 a reload; a job's page shows its command and output; the dead job is retried from the DLQ page and
-seen to complete; a POST without the CSRF token is refused. With QUEUECTL_SCREENSHOTS=DIR set, the
+seen to complete; a POST without the CSRF token is refused; the long job is cancelled from its
+page and ends dead; the worker's queue is paused, a new job stays pending, and runs on resume. With QUEUECTL_SCREENSHOTS=DIR set, the
 pages are saved there as PNG (docs/dashboard/ holds the ones the docs show).
 """
 
@@ -149,5 +150,37 @@ def test_follow_and_steer_the_seed_scenario(
         browser.get(url + f"jobs/{store.find_job('flaky').id}")
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, 'dd[data-state="completed"]'))
         assert store.find_job("flaky").state is JobState.COMPLETED
+
+        # Cancel the long running job from its page: asked first, then killed by its worker, dead.
+        browser.get(url + f"jobs/{store.find_job('long').id}")
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, 'button[data-action="cancel"]')).click()
+        question = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "p.question")).text
+        assert question.startswith("Cancel long? A running job is killed")
+        browser.find_element(By.CSS_SELECTOR, 'button[data-confirm="cancel"]').click()
+        wait.until(lambda d: "job long: cancelled (was running)" in d.find_element(By.CSS_SELECTOR, ".flash").text)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, 'dd[data-state="dead"]'))
+        long = store.find_job("long")
+        assert (long.state, long.last_error) == (JobState.DEAD, "cancelled")
+
+        # Pause the worker's queue from the overview: a new job stays pending (the page is seen to
+        # update twice with it pending) until Resume, which runs it.
+        browser.get(url)
+        wait.until(lambda d: d.find_element(
+            By.CSS_SELECTOR, 'tr[data-queue="celery"] button[data-action="queue-pause"]')).click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-queue="celery"][data-paused="yes"]'))
+        assert store.is_paused("celery")
+        enqueue(db, "--command", "echo after the pause", "--id", "held")
+        browser.get(url + f"jobs/{store.find_job('held').id}")
+        for _ in range(2):
+            seen = browser.find_element(By.CSS_SELECTOR, "p.updated").text
+            wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "p.updated").text != seen)
+            assert browser.find_elements(By.CSS_SELECTOR, 'dd[data-state="pending"]')
+        screenshot("paused")
+        browser.get(url)
+        wait.until(lambda d: d.find_element(
+            By.CSS_SELECTOR, 'tr[data-queue="celery"] button[data-action="queue-resume"]')).click()
+        wait.until(lambda d: "queue celery resumed" in d.find_element(By.CSS_SELECTOR, ".flash").text)
+        wait_for(lambda: store.find_job("held").state is JobState.COMPLETED, 30, what="the held job to run",
+                 on_fail=worker.tail)
     finally:
         store.close()
