@@ -4,8 +4,10 @@ until SIGINT or SIGTERM."""
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 from flask import Flask
 from waitress.server import create_server
@@ -16,17 +18,25 @@ THREADS = 8
 
 def serve(app: Flask, host: str, port: int, announce: Callable[[str], None]) -> None:
     """Serve `app` on host:port (port 0: any free one), `announce` its URL once it listens, and
-    return after SIGINT or SIGTERM, the listening socket closed and the requests in flight done."""
-    server = create_server(app, host=host, port=port, threads=THREADS, ident="queuectl")
-    shown = f"[{host}]" if ":" in host else host
-    announce(f"http://{shown}:{server.effective_port}/")
+    return after SIGINT or SIGTERM, the listening socket closed and the requests in flight done.
+
+    The signal handlers only set a flag, which the loop looks at after each turn (at least once
+    a second: waitress's loop timeout). Raising from a handler, as waitress's own run() expects,
+    can interrupt the loop anywhere, a lock of waitress held included: a shutdown then hung."""
+    server: Any = create_server(app, host=host, port=port, threads=THREADS, ident="queuectl")
+    stopping = threading.Event()
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(0)  # waitress ends its loop and its threads on SystemExit
+        stopping.set()
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    shown = f"[{host}]" if ":" in host else host
+    announce(f"http://{shown}:{server.effective_port}/")
     try:
-        server.run()  # SIGINT raises KeyboardInterrupt, which waitress handles alike
+        while not stopping.is_set():
+            server.asyncore.loop(timeout=server.adj.asyncore_loop_timeout, map=server._map,
+                                 use_poll=server.adj.asyncore_use_poll, count=1)
     finally:
         server.close()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
