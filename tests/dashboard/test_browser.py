@@ -30,6 +30,7 @@ from .conftest import DashboardProc, enqueue
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -86,6 +87,15 @@ def db(tmp_path: Path) -> Path:
     return path
 
 
+def click(wait: WebDriverWait, selector: str) -> None:
+    """Click the element of `selector` once it is there (found again if a live update replaced it)."""
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, selector).click() or True)
+
+
+def text_of(driver: WebDriver, selector: str) -> str:
+    return str(driver.find_element(By.CSS_SELECTOR, selector).text)
+
+
 def count_card(driver: WebDriver, state: str) -> int:
     return int(driver.find_element(By.CSS_SELECTOR, f'[data-count="{state}"] .number').text)
 
@@ -112,11 +122,13 @@ def test_follow_and_steer_the_seed_scenario(
 
         # The overview: the counts, the worker and its active job; then a new job, seen without a reload.
         browser.get(url)
-        wait = WebDriverWait(browser, SEE)
-        for state in ("pending", "processing", "completed", "failed", "dead"):
-            assert count_card(browser, state) == 1, state
-        [row] = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'[data-worker="{worker.hostname}"]'))
-        assert [cell.text for cell in row.find_elements(By.TAG_NAME, "td")][3:] == ["celery", "long"]  # queues, active
+        # The live panels are replaced every two seconds: an element found just before a
+        # replacement is stale when read, and the wait looks again.
+        wait = WebDriverWait(browser, SEE, ignored_exceptions=(StaleElementReferenceException,))
+        wait.until(lambda d: [count_card(d, s) for s in ("pending", "processing", "completed", "failed", "dead")]
+                   == [1, 1, 1, 1, 1])
+        wait.until(lambda d: [cell.text for cell in d.find_elements(  # its queues and active job
+            By.CSS_SELECTOR, f'[data-worker="{worker.hostname}"] td')][3:] == ["celery", "long"])
         enqueue(db, "--command", "echo even later", "--queue", "batch")
         wait.until(lambda d: count_card(d, "pending") == 2)
         screenshot("overview")
@@ -127,8 +139,8 @@ def test_follow_and_steer_the_seed_scenario(
         screenshot("jobs")
         browser.find_element(By.LINK_TEXT, "hello").click()
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, 'pre[data-stream="stdout"]'))
-        assert browser.find_element(By.CSS_SELECTOR, "pre.command").text == "echo hello from queuectl"
-        assert browser.find_element(By.CSS_SELECTOR, 'pre[data-stream="stdout"]').text == "hello from queuectl"
+        wait.until(lambda d: (text_of(d, "pre.command"), text_of(d, 'pre[data-stream="stdout"]'))
+                   == ("echo hello from queuectl", "hello from queuectl"))
         screenshot("job")
 
         # A POST without the CSRF token, from the page itself, is refused and changes nothing.
@@ -153,7 +165,7 @@ def test_follow_and_steer_the_seed_scenario(
 
         # Cancel the long running job from its page: asked first, then killed by its worker, dead.
         browser.get(url + f"jobs/{store.find_job('long').id}")
-        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, 'button[data-action="cancel"]')).click()
+        click(wait, 'button[data-action="cancel"]')
         question = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "p.question")).text
         assert question.startswith("Cancel long? A running job is killed")
         browser.find_element(By.CSS_SELECTOR, 'button[data-confirm="cancel"]').click()
@@ -165,20 +177,19 @@ def test_follow_and_steer_the_seed_scenario(
         # Pause the worker's queue from the overview: a new job stays pending (the page is seen to
         # update twice with it pending) until Resume, which runs it.
         browser.get(url)
-        wait.until(lambda d: d.find_element(
-            By.CSS_SELECTOR, 'tr[data-queue="celery"] button[data-action="queue-pause"]')).click()
+        click(wait, 'tr[data-queue="celery"] button[data-action="queue-pause"]')
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-queue="celery"][data-paused="yes"]'))
         assert store.is_paused("celery")
         enqueue(db, "--command", "echo after the pause", "--id", "held")
         browser.get(url + f"jobs/{store.find_job('held').id}")
         for _ in range(2):
-            seen = browser.find_element(By.CSS_SELECTOR, "p.updated").text
-            wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "p.updated").text != seen)
-            assert browser.find_elements(By.CSS_SELECTOR, 'dd[data-state="pending"]')
+            seen = wait.until(lambda d: text_of(d, "p.updated"))
+            wait.until(lambda d: text_of(d, "p.updated") != seen)
+            assert store.find_job("held").state is JobState.PENDING
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, 'dd[data-state="pending"]'))
         screenshot("paused")
         browser.get(url)
-        wait.until(lambda d: d.find_element(
-            By.CSS_SELECTOR, 'tr[data-queue="celery"] button[data-action="queue-resume"]')).click()
+        click(wait, 'tr[data-queue="celery"] button[data-action="queue-resume"]')
         wait.until(lambda d: "queue celery resumed" in d.find_element(By.CSS_SELECTOR, ".flash").text)
         wait_for(lambda: store.find_job("held").state is JobState.COMPLETED, 30, what="the held job to run",
                  on_fail=worker.tail)
