@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from queuectl_kombu import JobState, JobStore, QueueNotFound, is_control_queue
+from queuectl_kombu import InvalidValue, JobState, JobStore, QueueNotFound, is_control_queue
 
 from .context import state
 from .options import STATES, format_option
@@ -87,7 +87,9 @@ def _store(names: tuple[str, ...]) -> JobStore:
     store = state().existing_jobstore()
     known = set() if store is None else {info.name for info in store.queue_overview()}
     for name in names:
-        if name not in known and not is_control_queue(name):  # the store says why a control queue can't
+        if is_control_queue(name):
+            raise InvalidValue(f"{name!r} is a queue of Celery's remote control or events: it cannot be paused")
+        if name not in known:
             raise QueueNotFound(f"no queue named {name!r} (queuectl queue list shows them)")
     if store is None:
         raise QueueNotFound(f"no queue named {names[0]!r}")

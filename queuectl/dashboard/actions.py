@@ -48,11 +48,19 @@ def _row_ids(targets: list[str]) -> list[int]:
 
 def retry_dead(b: Board, targets: list[str]) -> str:
     """`queuectl dlq retry ID` for each selected dead job."""
-    keys = []
+    keys: list[str] = []
+    errors: list[str] = []
     for row_id in _row_ids(targets):
-        job = b.store.get_job(row_id)
-        b.store.dlq_retry(job.id)
+        try:
+            job = b.store.get_job(row_id)
+            b.store.dlq_retry(job.id)
+        except QueuectlError as exc:  # the others are retried all the same, and said so
+            errors.append(str(exc))
+            continue
         keys.append(job_key(job))
+    if errors:
+        done = f"pending again: {', '.join(keys)}; " if keys else ""
+        raise QueuectlError(done + "; ".join(errors))
     return f"pending again: {', '.join(keys)}"
 
 

@@ -1,6 +1,10 @@
 """The dashboard's guards: loopback unless authenticated, HTTP basic auth, CSRF tokens on every
 POST, and headers that keep pages out of frames and scripts to our own files.
 
+Without credentials, a request must also name a loopback host in its Host header: a hostile
+site whose name is made to resolve to 127.0.0.1 (DNS rebinding) would otherwise be the same
+origin as the dashboard in the victim's browser, read its pages and post with its tokens.
+
 CSRF: a synchronizer token. Each browser session gets a random token kept in Flask's session
 cookie (signed with a key made at start, HttpOnly, SameSite=Strict); every form carries it and
 every POST must send it back (form field ``csrf_token`` or header ``X-CSRF-Token``), compared in
@@ -66,6 +70,13 @@ def _check_csrf() -> None:
         abort(400, "the CSRF token is missing or wrong: reload the page and try again")
 
 
+def _loopback_host() -> None:
+    host = urlsplit(f"//{request.host}").hostname or ""
+    if not is_loopback(host):
+        abort(403, f"this dashboard answers to loopback names only (127.0.0.1, localhost), not {host!r}: "
+                   "start it with --auth to serve other names")
+
+
 def _basic_auth(user: str, password: str) -> Response | None:
     given = request.authorization
     if (
@@ -96,6 +107,8 @@ def install(app: Flask, credentials: tuple[str, str] | None) -> None:
     if credentials is not None:
         user, password = credentials
         app.before_request(lambda: _basic_auth(user, password))
+    else:
+        app.before_request(_loopback_host)
     app.before_request(_check_csrf)
     app.after_request(_headers)
     app.jinja_env.globals["csrf_token"] = csrf_token

@@ -3,11 +3,12 @@
 -- name: waiting_since
 -- Per queue (not Celery's control queues), since when its longest-waiting runnable job has
 -- waited: the earliest next_run_at of the rows a claim could take at :now (published, due after
--- an ETA or a retry's backoff, requeued, recovered or revived then). Reads every waiting row:
--- about 50 ms for 100,000 pending jobs.
+-- an ETA or a retry's backoff, requeued, recovered or revived then). A paused queue's jobs are
+-- not runnable: they wait on purpose. Reads every waiting row: about 50 ms for 100,000 pending jobs.
 SELECT queue, MIN(next_run_at) FROM jobs
 WHERE state IN {READY_STATES} AND next_run_at <= :now
   AND (expires_at IS NULL OR expires_at > :now) AND {JOB_QUEUE}
+  AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = jobs.queue AND q.paused)
 GROUP BY queue
 
 -- name: stats_has_old

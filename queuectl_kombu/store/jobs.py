@@ -319,9 +319,8 @@ class JobChanges(ConfigStore):
             rows = conn.execute(statement, params).fetchall()
             self._tally(conn, "cancelled", (r[2] for r in rows))
         self._committed()
-        if logger.isEnabledFor(logging.INFO):
-            for row in rows:
-                logger.info("job %d: dead (cancelled while waiting)", row[0])
+        for row in rows:  # a move to dead: WARNING, as every other
+            logger.warning("job %d: dead (cancelled while waiting)", row[0])
         return [(int(r[0]), r[1], str(r[2])) for r in rows]
 
     def cancel_processing(self, job_id: int, owner: str, error: str = CANCELLED) -> bool:
@@ -332,7 +331,8 @@ class JobChanges(ConfigStore):
             rows = conn.execute(
                 Q["cancel_processing"], {"id": job_id, "owner": owner, "error": error, "now": self.clock()}
             ).fetchall()
-            self._tally(conn, "cancelled", (r[0] for r in rows))
+            # a task past its Celery `expires` is revoked by the worker too: dead, not cancelled
+            self._tally(conn, "cancelled" if error == CANCELLED else "dead", (r[0] for r in rows))
         self._committed()
         if not rows:
             logger.warning("job %d: cancel ignored, %s no longer holds its lease", job_id, owner)

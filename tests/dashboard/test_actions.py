@@ -168,3 +168,11 @@ def test_metrics_and_healthz_routes(client: FlaskClient, store: JobStore) -> Non
     fine = client.get("/healthz?no_workers_ok&max_pending_age=1e9")
     assert fine.status_code == 200 and fine.json["ok"] is True
     assert client.get("/healthz?max_pending_age=soon").status_code == 400
+
+
+def test_retry_of_selected_jobs_says_which_were_retried_when_one_was_not(client: FlaskClient, store: JobStore) -> None:
+    targets = [row_id(store, "dead-1"), row_id(store, "run-1")]
+    client.post("/actions/dlq-retry", data={"csrf_token": token(client), "target": targets, "next": "/dlq"})
+    page = client.get("/dlq").text
+    assert f"pending again: dead-1; job {targets[1]} is processing, not dead" in page
+    assert states(store, "dead-1", "run-1") == [JobState.PENDING, JobState.PROCESSING]

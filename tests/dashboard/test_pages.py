@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 from flask.testing import FlaskClient
 
 from queuectl_kombu import JobStore, NewJob
+from tests.support.waiting import wait_for
 
 from .conftest import SEEDED, XSS_ENV, enqueue, row_id
 
@@ -57,11 +57,8 @@ def test_chart_draws_the_last_hours_completions_and_failures(client: FlaskClient
 def test_workers_are_asked_in_the_background(client: FlaskClient) -> None:
     html = client.get("/").text  # the first look starts the watch: the page does not wait for it
     assert "Asking the workers" in html or "No worker answered" in html
-    deadline = time.monotonic() + 15
-    while "No worker answered" not in html:
-        assert time.monotonic() < deadline, "the worker watch never answered"
-        time.sleep(0.2)
-        html = client.get("/live/overview").text
+    wait_for(lambda: "No worker answered" in client.get("/live/overview").text, 15,
+             what="the worker watch to answer")
 
 
 def test_job_list_shows_every_job_newest_first(client: FlaskClient) -> None:

@@ -45,6 +45,31 @@ def test_basic_auth_guards_every_route(guarded: Flask) -> None:
     assert client.post("/actions/dlq-purge", data={"confirmed": "yes"}).status_code == 401  # auth before CSRF
 
 
+def test_without_auth_only_loopback_host_names_are_answered(db: Path) -> None:
+    """DNS rebinding: a hostile name that resolves to 127.0.0.1 must not be the dashboard's origin."""
+    from queuectl_kombu import JobState, JobStore
+
+    application = create_app(str(db))
+    try:
+        client = application.test_client()
+        for host in ("127.0.0.1:8000", "localhost:8000", "[::1]:8000", "localhost"):
+            assert client.get("/", headers={"Host": host}).status_code == 200, host
+        for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example"):
+            refused = client.get("/jobs", headers={"Host": host})
+            assert refused.status_code == 403 and "loopback names only" in refused.text, host
+        assert client.post("/actions/dlq-purge", headers={"Host": "evil.example"},
+                           data={"confirmed": "yes"}).status_code == 403
+    finally:
+        application.extensions["queuectl"].close()
+    assert JobStore(str(db)).counts()[JobState.DEAD] == 2  # the refused purge deleted nothing
+    guarded = create_app(str(db), ("ops", "s3cret"))  # with auth, any name (behind a proxy, say)
+    try:
+        answered = guarded.test_client().get("/", headers={"Host": "queue.example", **basic("ops", "s3cret")})
+        assert answered.status_code == 200
+    finally:
+        guarded.extensions["queuectl"].close()
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "::1", "[::1]", "localhost", "LOCALHOST"])
 def test_loopback_addresses(host: str) -> None:
     assert is_loopback(host)

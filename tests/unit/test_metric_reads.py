@@ -29,6 +29,15 @@ def test_waiting_since_is_the_earliest_runnable_job_per_queue(store: JobStore, c
     assert store.waiting_since() == {}
 
 
+def test_a_paused_queue_has_no_runnable_job(store: JobStore, clock: Clock) -> None:
+    """Its jobs wait on purpose: the health check's pending age must not count them."""
+    store.publish_many([NewJob(queue="held", payload="1"), NewJob(queue="open", payload="2")])
+    assert store.pause_queue("held")
+    assert set(store.waiting_since()) == {"open"}
+    store.resume_queue("held")
+    assert set(store.waiting_since()) == {"held", "open"}
+
+
 def test_file_sizes_are_those_of_the_file_and_its_wal(store: JobStore, db_path: str) -> None:
     store.publish_many([NewJob(queue="q", payload="x" * 1000) for _ in range(50)])
     database, wal = store.file_sizes()

@@ -107,3 +107,31 @@ def test_one_database_per_file_per_process(tmp_path: Path) -> None:
     a.connection()
     (tmp_path / "x.db").unlink()  # a new file at the path gets a new Database
     assert database(str(tmp_path / "x.db")) is not a
+
+
+def test_closing_a_shared_database_closes_the_calling_threads_connection_only(tmp_path: Path) -> None:
+    import threading
+
+    db = database(str(tmp_path / "c.db"))
+    other: list[sqlite3.Connection] = []
+    ready, closed = threading.Event(), threading.Event()
+
+    def hold() -> None:  # another thread (a housekeeper, say) keeps using its connection
+        other.append(db.connection())
+        ready.set()
+        closed.wait(30)
+        other.append(db.connection())
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert ready.wait(30)
+    mine = db.connection()
+    with db.write():
+        db.close()  # inside a transaction: kept open
+        assert db.connection() is mine
+    db.close()
+    assert db.connection() is not mine  # this thread's was closed and a new one opened
+    closed.set()
+    thread.join(30)
+    assert other[0] is other[1]  # the other thread's connection was left alone
+    other[0].execute("SELECT 1")
