@@ -25,7 +25,7 @@ from typing import Any
 from .exceptions import JobNotFound
 from .jobs import Job
 from .notify import ChangeWaiter
-from .rules import CANCELLED, MAX_WAIT, READY_STATES, is_control_queue
+from .rules import CANCELLED, MAX_WAIT, READY_STATES, SETTLE, is_control_queue
 from .states import JobState
 from .store import JobStore
 
@@ -43,9 +43,6 @@ OUTCOME_STILL_RUNNING = "still running"
 #: A running job that cannot be stopped from here: it has no Celery task id, or no app was given.
 OUTCOME_NOT_STOPPABLE = "not stoppable"
 
-#: After a wake-up, the next look comes this soon (the -wal file is written just before the
-#: commit is visible to other connections).
-SETTLE = 0.002
 #: How long cancel_jobs waits for running jobs to stop, by default (seconds).
 DEFAULT_TIMEOUT = 10.0
 

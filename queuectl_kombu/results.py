@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from .db import Database, database
 from .notify import ChangeWaiter
-from .rules import MAX_WAIT
+from .rules import MAX_WAIT, SETTLE
 from .sql import QUERIES as Q
 
 logger = logging.getLogger(__name__)
@@ -20,11 +20,9 @@ logger = logging.getLogger(__name__)
 #: A stored value comes back as it went in: str (JSON, YAML) or bytes (pickle, msgpack, compressed).
 Value = str | bytes
 
-#: After a wake-up that shows no commit yet, look again this soon: the -wal file is written a
-#: moment before the commit becomes visible to other connections.
-SETTLE = 0.002
 #: Expired rows deleted per transaction, so a purge never holds the write lock for long.
 PURGE_BATCH = 1000
+
 
 def _expires_at(now: float, expires: float | None) -> float | None:
     return now + float(expires) if expires and expires > 0 else None

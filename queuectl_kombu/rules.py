@@ -21,6 +21,9 @@ EVENT_QUEUE_PREFIX = "celeryev."
 WAL_LIMIT_BYTES = 8 * 1024 * 1024
 #: Longest anything that waits for the file to change sleeps before it looks again anyway.
 MAX_WAIT = 1.0
+#: After a wake-up that shows no commit yet, look again this soon: the -wal file is written a
+#: moment before the commit becomes visible to other connections.
+SETTLE = 0.002
 #: The last_error of a job that was cancelled (queuectl cancel, or revoked through Celery): it is
 #: dead, so `dlq retry` runs it again.
 CANCELLED = "cancelled"
