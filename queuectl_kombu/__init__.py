@@ -45,6 +45,8 @@ from .states import JobState
 from .store import STATS_EVENTS, JobStore, NewJob, QueueInfo
 
 TRANSPORT_ALIASES["sqlite"] = "queuectl_kombu.transport:Transport"
+TRANSPORT_ALIASES["postgresql"] = "queuectl_kombu.transport:Transport"
+TRANSPORT_ALIASES["postgres"] = "queuectl_kombu.transport:Transport"
 
 __version__ = "0.1.0"
 

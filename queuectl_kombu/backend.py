@@ -54,6 +54,7 @@ from kombu.utils.encoding import bytes_to_str
 
 from .db import is_busy
 from .paths import SCHEME, url_path
+from .postgres import is_postgres_url, mask, target
 from .exceptions import DatabaseUnusable
 from .results import ResultStore, Value, result_store
 
@@ -64,8 +65,14 @@ GROUP_CACHE_SIZE = 16
 
 
 def path_from_url(url: str | None, broker_url: Any = None) -> str:
-    """The absolute database path named by a ``sqlite://`` result URL (no path: the broker's file)."""
+    """The absolute database path named by a ``sqlite://`` result URL (no path: the broker's file),
+    or a ``postgresql://`` URL as it is."""
     url = url or SCHEME
+    if is_postgres_url(url):
+        try:
+            return target(url).url  # checked here: a malformed URL fails at configuration
+        except DatabaseUnusable as exc:
+            raise ImproperlyConfigured(str(exc)) from None
     if not url.startswith(SCHEME):
         raise ImproperlyConfigured(f"not a sqlite:// result backend URL: {url!r}")
     if "?" in url:
@@ -105,9 +112,15 @@ class SQLiteBackend(KeyValueStoreBackend):
         super().__init__(app, url=url, **kwargs)
         conf = self.app.conf
         options = dict(conf.get("result_backend_transport_options") or {})
-        self.path = os.path.abspath(os.path.expanduser(path)) if path else path_from_url(url, conf.broker_url)
+        if path:
+            self.path = path if is_postgres_url(path) else os.path.abspath(os.path.expanduser(path))
+        else:
+            self.path = path_from_url(url, conf.broker_url)
         if not url:
-            self.url = "sqlite:///" + self.path
+            self.url = self.path if is_postgres_url(self.path) else "sqlite:///" + self.path
+        broker_options = conf.get("broker_transport_options") or {}
+        #: PostgreSQL: the schema of the queuectl tables (the broker's unless set for results)
+        self.schema = options.get("schema") or broker_options.get("schema") or None
         self.synchronous = str(options.get("synchronous", "NORMAL")).upper()
         self.purge_interval = float(options.get("purge_interval", 60.0))
         self.polling_interval = float(options.get("polling_interval", 0.01))
@@ -127,7 +140,7 @@ class SQLiteBackend(KeyValueStoreBackend):
         """The ResultStore of this backend's file, shared within the process."""
         if self._store is None or self._store.db.moved():  # (a new file at the path: a new store)
             self._store = result_store(
-                self.path, self.synchronous,
+                self.path, self.synchronous, schema=self.schema,
                 purge_interval=self.purge_interval, poll_interval=self.polling_interval,
             )
         return self._store
@@ -423,7 +436,10 @@ class SQLiteBackend(KeyValueStoreBackend):
         self.store.wait_for_change(stamp, remaining)  # then one more read, even at the deadline
 
     def as_uri(self, include_password: bool = False) -> str:
-        """The URL of the file in use (``sqlite:////abs/path.db``), even when given as ``sqlite://``."""
+        """The URL of the database in use (``sqlite:////abs/path.db``, even when given as
+        ``sqlite://``; a postgresql:// URL with its password masked)."""
+        if is_postgres_url(self.path):
+            return self.path if include_password else mask(self.path)
         return "sqlite:///" + self.path
 
     def __reduce__(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:

@@ -25,6 +25,7 @@ from typing import Any
 from .exceptions import JobNotFound
 from .jobs import Job
 from .notify import ChangeWaiter
+from .postgres import Listener
 from .rules import CANCELLED, MAX_WAIT, READY_STATES, SETTLE, is_control_queue
 from .states import JobState
 from .store import JobStore
@@ -172,7 +173,7 @@ def _stop_running(
     if not revocable:
         return results
     task_ids = sorted({job.task_id for job in revocable if job.task_id})
-    waiter = ChangeWaiter(store.path)  # before the revoke: no change after it goes unseen
+    waiter = store.db.change_waiter()  # before the revoke: no change after it goes unseen
     try:
         return {**results, **_wait_stopped(store, revocable, app, waiter, task_ids, timeout=timeout, signal=signal)}
     finally:
@@ -180,7 +181,7 @@ def _stop_running(
 
 
 def _wait_stopped(
-    store: JobStore, revocable: list[Job], app: Any, waiter: ChangeWaiter, task_ids: list[str], *,
+    store: JobStore, revocable: list[Job], app: Any, waiter: ChangeWaiter | Listener, task_ids: list[str], *,
     timeout: float, signal: str,
 ) -> dict[int, Cancellation]:
     results: dict[int, Cancellation] = {}

@@ -39,6 +39,13 @@ class DatabaseLocked(QueuectlError, sqlite3.OperationalError):
     and the ack buffer for a write to try again."""
 
 
+class DatabaseUnreachable(DatabaseUnusable, sqlite3.OperationalError):
+    """The database server could not be reached, refused the login, or dropped the connection.
+
+    Also a sqlite3.OperationalError, like DatabaseLocked: kombu takes it for a connection error
+    (Celery reconnects, and retries a publish per broker_connection_retry)."""
+
+
 class DatabaseMoved(DatabaseUnusable):
     """The database file was deleted or replaced while this process had it open."""
 

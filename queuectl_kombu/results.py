@@ -10,8 +10,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from .db import Database, database
+from .db import AnyDatabase, database, open_database
 from .notify import ChangeWaiter
+from .postgres import Listener
 from .rules import MAX_WAIT, SETTLE
 from .sql import QUERIES as Q
 
@@ -44,14 +45,14 @@ class ResultStore:
 
     def __init__(
         self,
-        path: str | Database,
+        path: str | AnyDatabase,
         *,
         synchronous: str = "NORMAL",
         clock: Callable[[], float] = time.time,
         purge_interval: float = 60.0,
         poll_interval: float = 0.01,
     ) -> None:
-        self.db = path if isinstance(path, Database) else Database(path, synchronous=synchronous)
+        self.db = open_database(path, synchronous) if isinstance(path, str) else path
         self.path = self.db.path
         self.clock = clock
         #: Seconds between purges of expired rows by this process's writes (0: every write).
@@ -59,7 +60,6 @@ class ResultStore:
         #: How often a waiter looks at the file where inotify is not available.
         self.poll_interval = poll_interval
         self._next_purge = 0.0
-        self._waiters = threading.local()
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -69,10 +69,6 @@ class ResultStore:
 
     def close(self) -> None:
         """Close this thread's connection and its change waiter."""
-        waiter = getattr(self._waiters, "waiter", None)
-        if waiter is not None and getattr(self._waiters, "pid", None) == os.getpid():
-            waiter.close()
-        self._waiters = threading.local()
         self.db.close()
 
     # -- reading ------------------------------------------------------------------------------
@@ -262,32 +258,16 @@ class ResultStore:
                 wait = min(wait, remaining)
             settle = waiter.wait(wait)
 
-    def _waiter(self) -> ChangeWaiter:
-        # One inotify descriptor per thread (a drain by one thread would steal another's wake-up),
-        # made again after fork: an inherited descriptor shares its event queue with the parent.
-        local = self._waiters
-        waiter = getattr(local, "waiter", None)
-        if waiter is None or local.pid != os.getpid():
-            if waiter is not None:
-                _close_inherited(waiter)
-            self.db.connection()  # the -wal file exists while a connection is open: watch it
-            waiter = local.waiter = ChangeWaiter(self.path, poll_interval=self.poll_interval)
-            local.pid = os.getpid()
-        return waiter
-
-
-def _close_inherited(waiter: ChangeWaiter) -> None:
-    fd = waiter.fileno()
-    if fd >= 0:
-        try:
-            os.close(fd)  # this process's copy only; the parent's descriptor stays open
-        except OSError:
-            pass
+    def _waiter(self) -> ChangeWaiter | Listener:
+        # This thread's (db.thread_waiter): on PostgreSQL the one whose notifications
+        # change_stamp counts, listening from before the stamp was taken.
+        return self.db.thread_waiter(self.poll_interval)
 
 
 def result_store(
-    path: str, synchronous: str = "NORMAL", *, purge_interval: float = 60.0, poll_interval: float = 0.01
+    path: str, synchronous: str = "NORMAL", *, purge_interval: float = 60.0, poll_interval: float = 0.01,
+    schema: str | None = None,
 ) -> ResultStore:
     """A ResultStore on the Database of `path` this process shares with its broker and its other
     stores (queuectl_kombu.db.database): one connection per thread for the whole file."""
-    return ResultStore(database(path, synchronous), purge_interval=purge_interval, poll_interval=poll_interval)
+    return ResultStore(database(path, synchronous, schema), purge_interval=purge_interval, poll_interval=poll_interval)

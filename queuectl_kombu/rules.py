@@ -53,7 +53,7 @@ SQL_TOKENS: dict[str, str] = {
     "DUE_IN_QUEUE": (
         f"queue = :queue AND state IN {_READY_SQL} AND next_run_at <= :now "
         "AND (expires_at IS NULL OR expires_at > :now) "
-        "AND NOT EXISTS (SELECT 1 FROM queues WHERE name = :queue AND paused)"
+        "AND NOT EXISTS (SELECT 1 FROM queues WHERE name = :queue AND paused <> 0)"
     ),
     "JOB_QUEUE": (
         f"(queue NOT LIKE {_sql_text('%' + CONTROL_QUEUE_SUFFIX)} "
@@ -63,4 +63,6 @@ SQL_TOKENS: dict[str, str] = {
     "CANCELLED": _sql_text(CANCELLED),
     # json_set's path to the revived header of a stored message
     "REVIVED_PATH": _sql_text(f'$.headers."{REVIVED_HEADER}"'),
+    # the same path for PostgreSQL's jsonb_set
+    "REVIVED_PG_PATH": _sql_text("{headers," + REVIVED_HEADER + "}"),
 }

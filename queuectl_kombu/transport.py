@@ -76,6 +76,8 @@ from .housekeeper import Housekeeper
 from .loop import LoopLink
 from .notify import ChangeWaiter
 from .paths import SCHEME, url_path
+from .postgres import is_postgres_url
+from .postgres import mask as masked_url
 from .rules import MAX_WAIT
 from .store import JobStore
 
@@ -89,6 +91,8 @@ class Transport(virtual.Transport):
 
     polling_interval = 0.01
     default_port = None
+    #: kombu hands the URL over whole (sqlite:// paths and postgresql:// URLs are ours to read).
+    can_parse_url = True
     driver_type = "sqlite"
     driver_name = "sqlite3"
 
@@ -124,11 +128,30 @@ class Transport(virtual.Transport):
 
     @property
     def store(self) -> JobStore:
-        """The store of this connection's database file (its Database shared in the process)."""
+        """The store of this connection's database (its Database shared in the process)."""
         if self._store is None:
-            path = url_path(f"{SCHEME}/{self.client.virtual_host or ''}")
-            self._store = JobStore.shared(path, synchronous=self.synchronous)
+            url = self.url()
+            if is_postgres_url(url):
+                schema = self.client.transport_options.get("schema")
+                self._store = JobStore.shared(url, schema=str(schema) if schema else None)
+            else:
+                self._store = JobStore.shared(url_path(url), synchronous=self.synchronous)
         return self._store
+
+    def url(self) -> str:
+        """The URL the connection was given (kombu hands it over whole: can_parse_url), or a
+        sqlite:// URL of its virtual host when it was given parts."""
+        host = self.client.hostname
+        if isinstance(host, str) and "://" in host:
+            return host
+        return f"{SCHEME}/{self.client.virtual_host or ''}"
+
+    @classmethod
+    def as_uri(cls, uri: str, include_password: bool = False, mask: str = "**") -> str:
+        """The URL as the user wrote it, for the worker's banner and logs (a password masked)."""
+        if include_password or not is_postgres_url(uri):
+            return uri
+        return masked_url(uri, mask)
 
     @property
     def owner(self) -> str:
@@ -146,7 +169,7 @@ class Transport(virtual.Transport):
         return self._waiter
 
     def establish_connection(self) -> Transport:
-        """Open the database now, so a bad path fails here with a clear message."""
+        """Open the database now, so a bad path or server fails here with a clear message."""
         self.store.open()
         return super().establish_connection()
 

@@ -10,7 +10,7 @@
 SELECT * FROM jobs
 WHERE id < coalesce(:cursor, 9223372036854775807)
   AND (:state IS NULL OR state = :state) AND (:queue IS NULL OR queue = :queue)
-  AND (:task_name IS NULL OR task_name = :task_name) AND (NOT :jobs_only OR {JOB_QUEUE})
+  AND (:task_name IS NULL OR task_name = :task_name) AND (:jobs_only = 0 OR {JOB_QUEUE})
   AND (:pattern IS NULL OR id = :row_id OR task_id LIKE :pattern ESCAPE '\'
        OR json_extract(payload, '$.headers.kwargsrepr') LIKE :pattern ESCAPE '\'
        OR json_extract(payload, '$.headers.argsrepr') LIKE :pattern ESCAPE '\')
@@ -21,7 +21,7 @@ LIMIT :limit
 SELECT * FROM jobs
 WHERE id > coalesce(:cursor, 0)
   AND (:state IS NULL OR state = :state) AND (:queue IS NULL OR queue = :queue)
-  AND (:task_name IS NULL OR task_name = :task_name) AND (NOT :jobs_only OR {JOB_QUEUE})
+  AND (:task_name IS NULL OR task_name = :task_name) AND (:jobs_only = 0 OR {JOB_QUEUE})
   AND (:pattern IS NULL OR id = :row_id OR task_id LIKE :pattern ESCAPE '\'
        OR json_extract(payload, '$.headers.kwargsrepr') LIKE :pattern ESCAPE '\'
        OR json_extract(payload, '$.headers.argsrepr') LIKE :pattern ESCAPE '\')

@@ -8,7 +8,7 @@
 SELECT queue, MIN(next_run_at) FROM jobs
 WHERE state IN {READY_STATES} AND next_run_at <= :now
   AND (expires_at IS NULL OR expires_at > :now) AND {JOB_QUEUE}
-  AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = jobs.queue AND q.paused)
+  AND NOT EXISTS (SELECT 1 FROM queues q WHERE q.name = jobs.queue AND q.paused <> 0)
 GROUP BY queue
 
 -- name: stats_has_old

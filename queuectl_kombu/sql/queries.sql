@@ -11,6 +11,7 @@ VALUES (:task_id, :task_name, :queue, 'pending',
         :payload, 0, :max_retries, :next_run_at,
         COALESCE(:expires_at, :now + (SELECT message_ttl FROM queues WHERE name = :queue)),
         :now, :now)
+RETURNING id
 
 -- name: insert_jobs
 -- insert_job for executemany, by position: 1 task_id ('' for none), 2 task_name ('' for none),
@@ -79,7 +80,7 @@ RETURNING id, queue, priority, attempts + 1, task_id, payload, deliveries + 1
 -- which wakes every worker).
 SELECT MIN(next_run_at) FROM jobs
 WHERE queue = :queue AND state IN {READY_STATES}
-  AND NOT EXISTS (SELECT 1 FROM queues WHERE name = :queue AND paused)
+  AND NOT EXISTS (SELECT 1 FROM queues WHERE name = :queue AND paused <> 0)
 
 -- name: complete
 -- Every job of the JSON array :ids that :owner still holds; returns the ids it completed.
@@ -212,7 +213,7 @@ ON CONFLICT (name) DO NOTHING
 SELECT 1 FROM jobs WHERE queue = :queue LIMIT 1
 
 -- name: paused_queues
-SELECT name FROM queues WHERE paused ORDER BY name
+SELECT name FROM queues WHERE paused <> 0 ORDER BY name
 
 -- name: queue_rows
 -- Every declared queue: whether it is paused, and how many live consumers read it.
@@ -327,14 +328,14 @@ SELECT state, COUNT(*) FROM jobs GROUP BY state
 -- :jobs_only leaves out the queues of Celery's remote control (*.pidbox) and events (celeryev.*).
 SELECT * FROM jobs
 WHERE (:queue IS NULL OR queue = :queue)
-  AND (NOT :jobs_only OR {JOB_QUEUE})
+  AND (:jobs_only = 0 OR {JOB_QUEUE})
 ORDER BY id
 LIMIT :limit
 
 -- name: list_jobs_in_state
 SELECT * FROM jobs
 WHERE state = :state AND (:queue IS NULL OR queue = :queue)
-  AND (NOT :jobs_only OR {JOB_QUEUE})
+  AND (:jobs_only = 0 OR {JOB_QUEUE})
 ORDER BY id
 LIMIT :limit
 

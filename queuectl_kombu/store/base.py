@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Self
 
-from ..db import Database, database
+from ..db import AnyDatabase, database, open_database
 from ..rules import WAL_LIMIT_BYTES, is_control_queue
 from ..sql import QUERIES as Q
 
@@ -18,17 +18,19 @@ class StoreBase:
     """One queuectl database and the clock its statements use."""
 
     def __init__(
-        self, path: str | Database, *, synchronous: str = "NORMAL", clock: Callable[[], float] = time.time
+        self, path: str | AnyDatabase, *, synchronous: str = "NORMAL", clock: Callable[[], float] = time.time,
+        schema: str | None = None,
     ) -> None:
-        self.db = path if isinstance(path, Database) else Database(path, synchronous=synchronous)
+        self.db = open_database(path, synchronous, schema) if isinstance(path, str) else path
         self.path = self.db.path
         self.clock = clock
 
     @classmethod
-    def shared(cls, path: str, *, synchronous: str = "NORMAL") -> Self:
-        """A store on the Database of `path` this process shares (one connection per thread for
-        the broker, the backend and the command line alike)."""
-        return cls(database(path, synchronous))
+    def shared(cls, path: str, *, synchronous: str = "NORMAL", schema: str | None = None) -> Self:
+        """A store on the Database of `path` (a file, or a postgresql:// URL and its schema) this
+        process shares (one connection per thread for the broker, the backend and the command
+        line alike)."""
+        return cls(database(path, synchronous, schema))
 
     def open(self) -> None:
         """Open this thread's connection now: checks the path and creates the schema."""

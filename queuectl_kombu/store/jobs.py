@@ -88,21 +88,21 @@ class JobChanges(ConfigStore):
         """
         count = 0
         seen: set[str] = set()
-        ranges: list[tuple[int, int]] = []
+        published: list[list[int]] = []
         with self.db.cache_size(BULK_CACHE_KIB), self.db.write() as conn:
             for batch in batches:
                 ids = self._insert(conn, list(batch), unique_task_ids, seen)
                 if ids:
-                    ranges.append((ids[0], ids[-1]))
+                    published.append(ids if logger.isEnabledFor(logging.INFO) else [])
                     count += len(ids)
         self._committed()
         if logger.isEnabledFor(logging.INFO):
-            for first, last in ranges:
-                _log_pending(range(first, last + 1))
+            for ids in published:
+                _log_pending(ids)
         return count
 
     def _insert(self, conn: Any, jobs: list[NewJob], unique_task_ids: bool, seen: set[str]) -> list[int]:
-        """Insert `jobs` in the open transaction; their ids, in order (consecutive: we hold the lock)."""
+        """Insert `jobs` in the open transaction; their ids, in order."""
         if not jobs:
             return []
         now = self.clock()
@@ -122,21 +122,20 @@ class JobChanges(ConfigStore):
         if unique_task_ids:
             self._check_new_task_ids(conn, [job.task_id for job in jobs if job.task_id is not None], seen)
         if len(jobs) == 1:
-            cur = conn.execute(Q["insert_job"], _insert_params(jobs[0], now))
+            job_id = int(conn.execute(Q["insert_job"], _insert_params(jobs[0], now)).fetchone()[0])
             self._tally(conn, "published", [jobs[0].queue])
-            return [int(cur.lastrowid or 0)]
+            return [job_id]
         # One statement for the batch; None is bound as a sentinel (binding None costs the
         # sqlite3 module an adapter lookup per value) and turned back into NULL by the statement.
-        conn.executemany(Q["insert_jobs"], [
+        ids = self.db.insert_rows(conn, Q["insert_jobs"], [
             (job.task_id or "", job.task_name or "", job.queue, job.priority, job.payload,
              -1 if job.max_retries is None else job.max_retries,
              now if job.next_run_at is None else job.next_run_at,
              -1.0 if job.expires_at is None else job.expires_at, now)
             for job in jobs
         ])
-        last = int(conn.execute(Q["last_job_id"]).fetchone()[0])
         self._tally(conn, "published", (job.queue for job in jobs))
-        return list(range(last - len(jobs) + 1, last + 1))
+        return ids
 
     @staticmethod
     def _check_new_task_ids(conn: Any, task_ids: list[str], seen: set[str]) -> None:

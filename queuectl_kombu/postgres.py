@@ -1,0 +1,571 @@
+"""The PostgreSQL engine: the queuectl schema in a PostgreSQL database, behind the same verbs.
+
+Everything that differs from SQLite (db.py) lives here:
+
+- connections: psycopg 3, one per thread and process, never used across fork (a child's copy is
+  pointed at /dev/null, so that not even its finaliser can end the parent's session), opened
+  again after the server dropped one;
+- the dialect: each statement of sql/*.sql is translated once (placeholders, INDEXED BY,
+  char(), JSON arrays), or replaced by its PostgreSQL text in sql/postgresql.sql (SKIP LOCKED
+  claims, LEAST/GREATEST, jsonb);
+- wake-ups: every write transaction ends with a NOTIFY on the schema's channel; Listener holds a
+  connection that LISTENs, whose socket Celery's event loop watches (no polling);
+- the schema: created on first use in the schema the store names (``queuectl`` unless told
+  otherwise) under an advisory lock, its version in the schema_version table.
+
+psycopg is needed only for postgresql:// URLs (``pip install 'queuectl[postgresql]'``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import re
+import select
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from . import sql
+from .exceptions import DatabaseLocked, DatabaseUnreachable, DatabaseUnusable
+
+logger = logging.getLogger("queuectl_kombu.db")
+
+#: URL schemes of a PostgreSQL database (broker, result backend, --db alike).
+SCHEMES = ("postgresql://", "postgres://")
+#: The schema queuectl's tables live in unless a store is told another (transport option `schema`).
+DEFAULT_SCHEMA = "queuectl"
+#: Seconds to wait for the server when connecting.
+CONNECT_TIMEOUT = 10
+#: A key of pg_advisory_xact_lock: held while the schema is created or migrated.
+_SCHEMA_LOCK = 0x71756575  # "queu"
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def is_postgres_url(target: str) -> bool:
+    """Whether `target` is a postgresql:// (or postgres://) URL rather than a SQLite path."""
+    return isinstance(target, str) and target.startswith(SCHEMES)
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError as exc:  # pragma: no cover - the extra is part of the test install
+        raise DatabaseUnusable(
+            "postgresql:// needs psycopg 3: pip install 'queuectl[postgresql]'"
+        ) from exc
+    return psycopg
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a PostgreSQL queue lives: the URL (password and all), what to show, the schema."""
+
+    url: str
+    display: str
+    schema: str
+
+    @property
+    def channel(self) -> str:
+        """The LISTEN/NOTIFY channel of this schema (notifications are per database)."""
+        return f"queuectl_{self.schema}"
+
+
+def target(url: str, schema: str | None = None) -> Target:
+    """The Target a postgresql:// URL names; DatabaseUnusable, naming the URL, when it is malformed."""
+    schema = schema or DEFAULT_SCHEMA
+    if not _IDENTIFIER.match(schema):
+        raise DatabaseUnusable(
+            f"schema {schema!r}: use lower-case letters, digits and underscores (at most 63)"
+        )
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise DatabaseUnusable(f"not a valid PostgreSQL URL ({exc}): {mask(url)}") from None
+    if parts.scheme not in ("postgresql", "postgres") or not parts.path.strip("/"):
+        raise DatabaseUnusable(
+            f"the URL {mask(url)} names no database: use postgresql://user:password@host:5432/dbname"
+        )
+    if parts.query or parts.fragment:
+        raise DatabaseUnusable(
+            f"{mask(url)}: a postgresql:// URL of queuectl takes no query string (set the schema "
+            "with the transport option 'schema'; libpq's settings with PG* environment variables)"
+        )
+    user = f"{unquote(parts.username)}@" if parts.username else ""
+    host = parts.hostname or "localhost"
+    display = f"postgresql://{user}{host}{':' + str(port) if port else ''}{parts.path}"
+    if schema != DEFAULT_SCHEMA:
+        display += f" (schema {schema})"
+    return Target(url=url, display=display, schema=schema)
+
+
+def mask(url: str, mask: str = "***") -> str:
+    """The URL with its password, if any, shown as `mask`."""
+    return re.sub(r"^(\w+://[^:/@]*:)[^@/]*@", lambda m: m.group(1) + mask + "@", url)
+
+
+# -- the dialect ------------------------------------------------------------------------------
+
+_INDEXED_BY = re.compile(r"\s+INDEXED BY \w+")
+_JSON_IN = re.compile(r"(\w+) IN \(SELECT value FROM json_each\((:\w+)\)\)")
+_NAME = re.compile(r"\w+")
+_DIGITS = re.compile(r"\d+")
+#: Statements whose :value is the results table's bytea (a str goes in as its UTF-8 bytes).
+_BYTEA_VALUE = ("result_set", "result_store_task")
+
+
+def _json_in(match: re.Match[str]) -> str:
+    column, param = match.group(1), match.group(2)
+    cast = "::bigint" if column == "id" else ""
+    return f"{column} IN (SELECT json_array_elements_text(CAST({param} AS json)){cast})"
+
+
+def translate(statement: str) -> str:
+    """A statement of sql/*.sql (SQLite's dialect) in PostgreSQL's, with psycopg's placeholders:
+    :name becomes %(name)s, ?N and ? become %(_N)s (see _params), and a literal % is doubled."""
+    text = _JSON_IN.sub(_json_in, _INDEXED_BY.sub("", statement)).replace("char(", "chr(")
+    out: list[str] = []
+    i, n, position = 0, len(text), 0
+    while i < n:
+        c = text[i]
+        if c == "'":  # a string literal, '' inside it included: copied, only % doubled
+            j = i + 1
+            while j < n and not (text[j] == "'" and text[j + 1:j + 2] != "'"):
+                j += 2 if text[j] == "'" else 1
+            out.append(text[i:j + 1].replace("%", "%%"))
+            i = j + 1
+            continue
+        if c == "%":
+            out.append("%%")
+        elif c == ":" and text[i + 1:i + 2].isidentifier() and text[i - 1:i] != ":":
+            name = _NAME.match(text, i + 1).group()  # type: ignore[union-attr]
+            out.append(f"%({name})s")
+            i += 1 + len(name)
+            continue
+        elif c == "?":
+            digits = _DIGITS.match(text, i + 1)
+            if digits:
+                out.append(f"%(_{digits.group()})s")
+                i += 1 + len(digits.group())
+                continue
+            position += 1
+            out.append(f"%(_{position})s")
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def _dialect() -> dict[str, tuple[str, bool]]:
+    """Each statement's SQLite text -> (its PostgreSQL text, whether its :value is bytea)."""
+    overrides = sql.parse_queries(sql.read("postgresql.sql"))
+    unknown = set(overrides) - set(sql.QUERIES)
+    if unknown:
+        raise ValueError(f"sql/postgresql.sql overrides no statement named {sorted(unknown)}")
+    return {
+        text: (translate(overrides.get(name, text)), name in _BYTEA_VALUE)
+        for name, text in sql.QUERIES.items()
+    }
+
+
+_DIALECT: dict[str, tuple[str, bool]] | None = None
+
+
+def _statement(text: str) -> tuple[str, bool]:
+    global _DIALECT
+    if _DIALECT is None:
+        _DIALECT = _dialect()
+    found = _DIALECT.get(text)
+    if found is None:  # a statement not in sql/ (the engine's own): translated each time
+        return translate(text), False
+    return found
+
+
+def _params(params: Any, bytea_value: bool) -> Any:
+    if isinstance(params, dict):
+        if bytea_value and isinstance(params.get("value"), str):
+            params = dict(params, value=params["value"].encode("utf-8"))
+        return params
+    return {f"_{i}": v for i, v in enumerate(params or (), 1)}
+
+
+class Row(tuple):  # type: ignore[type-arg]
+    """A row readable by position and by column name, like sqlite3.Row (dict(row) works)."""
+
+    names: tuple[str, ...] = ()
+
+    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+        if isinstance(key, str):
+            try:
+                return tuple.__getitem__(self, self.names.index(key))
+            except ValueError:
+                raise IndexError(f"no column named {key!r}") from None
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return list(self.names)
+
+
+def _row_factory(cursor: Any) -> Any:
+    description = cursor.description
+    if description is None:
+        return tuple
+    names = tuple(col.name for col in description)
+    row_type = type("Row", (Row,), {"names": names})
+    return row_type
+
+
+# -- connections -------------------------------------------------------------------------------
+
+#: Every psycopg connection this process opened (see _after_fork_in_child).
+_open_connections: weakref.WeakSet[Any] = weakref.WeakSet()
+_abandoned: list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    """A forked child must never talk on its parent's sockets: each inherited connection's socket
+    becomes /dev/null (the descriptor number stays taken), and the connection is kept referenced
+    so that it is never finalised."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        for conn in list(_open_connections):
+            with contextlib.suppress(Exception):
+                fd = conn.pgconn.socket
+                if fd >= 0:
+                    os.dup2(devnull, fd)
+            _abandoned.append(conn)
+        _open_connections.clear()
+    finally:
+        os.close(devnull)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _connect(tgt: Target, **kwargs: Any) -> Any:
+    psycopg = _psycopg()
+    try:
+        raw = psycopg.connect(tgt.url, connect_timeout=CONNECT_TIMEOUT, **kwargs)
+    except psycopg.Error as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise DatabaseUnreachable(f"cannot connect to {tgt.display}: {reason}") from None
+    _open_connections.add(raw)
+    return raw
+
+
+class Connection:
+    """A psycopg connection that takes the statements of sql/*.sql as they are written (translated
+    here) and answers like a sqlite3.Connection: execute, executemany, in_transaction."""
+
+    def __init__(self, raw: Any, tgt: Target) -> None:
+        self.raw = raw
+        self.target = tgt
+        self._errors = _psycopg()
+
+    @property
+    def in_transaction(self) -> bool:
+        return bool(self.raw.info.transaction_status != self._errors.pq.TransactionStatus.IDLE)
+
+    @property
+    def usable(self) -> bool:
+        return not (self.raw.closed or self.raw.broken)
+
+    def execute(self, statement: str, params: Any = ()) -> Any:
+        text, bytea_value = _statement(statement)
+        with self.errors():
+            cursor = self.raw.cursor()
+            cursor.execute(text, _params(params, bytea_value))
+            return cursor
+
+    def executemany(self, statement: str, rows: Sequence[Any], *, returning: bool = False) -> Any:
+        text, bytea_value = _statement(statement)
+        with self.errors():
+            cursor = self.raw.cursor()
+            cursor.executemany(text, [_params(row, bytea_value) for row in rows], returning=returning)
+            return cursor
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """psycopg's errors as queuectl's: a lost or refused connection is DatabaseUnreachable (a
+        connection error for kombu: Celery reconnects), a deadlock or lock timeout DatabaseLocked
+        (tried again, like SQLite's busy)."""
+        psycopg = self._errors
+        try:
+            yield
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable,
+                psycopg.errors.SerializationFailure) as exc:
+            raise DatabaseLocked(f"{self.target.display}: {str(exc).strip().splitlines()[0]}") from exc
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if self.usable and not isinstance(exc, psycopg.InterfaceError):
+                raise
+            reason = (str(exc).strip().splitlines() or ["connection lost"])[0]
+            raise DatabaseUnreachable(f"lost the connection to {self.target.display}: {reason}") from exc
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.raw.close()
+
+
+def _migrate(conn: Connection, tgt: Target) -> None:
+    """Create the schema and its tables, or check their version, in one transaction."""
+    raw = conn.raw
+    with conn.errors(), raw.transaction():
+        raw.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+        raw.execute(f'CREATE SCHEMA IF NOT EXISTS "{tgt.schema}"')
+        raw.execute(f'SET LOCAL search_path TO "{tgt.schema}"')
+        exists = raw.execute("SELECT to_regclass('schema_version')").fetchone()[0]
+        version = raw.execute("SELECT max(version) FROM schema_version").fetchone()[0] if exists else None
+        if version == sql.SCHEMA_VERSION:
+            return
+        if version is not None and version > sql.SCHEMA_VERSION:
+            raise DatabaseUnusable(
+                f"{tgt.display} has queuectl schema version {version}; this queuectl knows up to "
+                f"{sql.SCHEMA_VERSION}: upgrade queuectl"
+            )
+        if version is not None:  # pragma: no cover - no PostgreSQL migration exists yet
+            raise DatabaseUnusable(f"{tgt.display}: no migration from schema version {version}")
+        for statement in sql.statements(sql.read("schema_postgresql.sql")):
+            raw.execute(statement)
+        raw.execute("INSERT INTO schema_version (version) VALUES (%s)", (sql.SCHEMA_VERSION,))
+    logger.info("created the queuectl schema (version %d) in %s", sql.SCHEMA_VERSION, tgt.display)
+
+
+class Database:
+    """One queuectl schema in a PostgreSQL database; hands each thread of each process its own
+    connection. The same methods as db.Database (SQLite); those about the file answer for a server."""
+
+    engine = "postgresql"
+
+    def __init__(self, url: str, *, schema: str | None = None) -> None:
+        self.target = target(url, schema)
+        self.path = self.target.display
+        self._local = threading.local()
+        self._pid = os.getpid()
+        self._ready = False
+        self._lock = threading.Lock()
+        self._commits = itertools.count(1)
+        self.local_commits = 0
+        self._commits_lock = threading.Lock()
+
+    # -- connections ------------------------------------------------------------------------
+
+    def connection(self) -> Connection:
+        """This thread's connection: opened (and the schema created) on first use, and again
+        once the server dropped it."""
+        if self._pid != os.getpid():
+            self._local = threading.local()
+            self._pid = os.getpid()
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and conn.usable:
+            return conn
+        if conn is not None:
+            logger.warning("reconnecting to %s (the connection was lost)", self.path)
+            conn.close()
+        return self._connect()
+
+    def _connect(self) -> Connection:
+        psycopg = _psycopg()
+        raw = _connect(self.target, autocommit=True, cursor_factory=psycopg.ClientCursor,
+                       row_factory=_row_factory)
+        conn = Connection(raw, self.target)
+        try:
+            if not self._ready:
+                with self._lock:
+                    _migrate(conn, self.target)
+                    self._ready = True
+            with conn.errors():
+                raw.execute(f'SET search_path TO "{self.target.schema}"')
+        except BaseException:
+            conn.close()
+            raise
+        self._local.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction (a savepoint inside another of this thread), which notifies the
+        schema's channel as it commits: every waiting worker and result looks again."""
+        conn = self.connection()
+        outer = not conn.in_transaction
+        with conn.errors(), conn.raw.transaction():
+            yield conn
+            if outer:
+                conn.raw.execute(f'NOTIFY "{self.target.channel}"')
+
+    def insert_rows(self, conn: Connection, statement: str, rows: list[tuple[object, ...]]) -> list[int]:
+        """Insert `rows` with one executemany of `statement` (it returns each row's id); their
+        ids in order (not consecutive: other transactions insert at the same time)."""
+        cursor = conn.executemany(statement, rows, returning=True)
+        ids: list[int] = []
+        while True:
+            ids.append(int(cursor.fetchone()[0]))
+            if not cursor.nextset():
+                return ids
+
+    def close(self) -> None:
+        """Close this thread's connection (only this thread's; one inside a transaction stays)."""
+        if self._pid != os.getpid():
+            self._local = threading.local()
+            self._pid = os.getpid()
+            return
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and conn.usable and conn.in_transaction:
+            return
+        listener: Listener | None = getattr(self._local, "listener", None)
+        if listener is not None:
+            listener.close()
+        self._local.listener = None
+        self._local.conn = None
+        if conn is not None:
+            conn.close()
+
+    # -- commits and wake-ups ----------------------------------------------------------------
+
+    def note_commit(self) -> None:
+        """Count a commit of this process (as db.Database.note_commit)."""
+        with self._commits_lock:
+            self.local_commits = next(self._commits)
+
+    def change_waiter(self, poll_interval: float = 0.0) -> Listener:
+        """A new Listener on this schema's channel (the caller closes it)."""
+        return Listener(self.target)
+
+    def _thread_listener(self) -> Listener:
+        if self._pid != os.getpid():
+            self._local = threading.local()
+            self._pid = os.getpid()
+        listener: Listener | None = getattr(self._local, "listener", None)
+        if listener is None:
+            listener = self._local.listener = Listener(self.target)
+        return listener
+
+    def thread_waiter(self, poll_interval: float = 0.0) -> Listener:
+        """This thread's Listener, the one data_version() counts on (results wait on it)."""
+        return self._thread_listener()
+
+    def data_version(self) -> int:
+        """Changes whenever anyone committed a write since it was last taken: the notifications
+        this thread's Listener has received (listening from before the first value is returned)."""
+        listener = self._thread_listener()
+        listener.drain()
+        return listener.count
+
+    def change_stamp(self) -> tuple[int, int]:
+        return (self.data_version(), self.local_commits)
+
+    # -- what SQLite's files have and a server does not ---------------------------------------
+
+    @contextlib.contextmanager
+    def cache_size(self, kib: int) -> Iterator[None]:
+        """SQLite's page cache; the server keeps its own."""
+        yield
+
+    def moved(self, *, now: bool = False) -> str | None:
+        """A database on a server cannot be moved away under a process."""
+        return None
+
+    def checkpoint(self, truncate: bool = False) -> tuple[int, int, int]:
+        """The server checkpoints its own WAL."""
+        return (0, 0, 0)
+
+    def wal_size(self) -> int:
+        return 0
+
+    def file_size(self) -> int:
+        """Bytes of the schema's tables and indexes."""
+        row = self.connection().execute(
+            "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = :schema AND c.relkind = 'r'",
+            {"schema": self.target.schema},
+        ).fetchone()
+        return int(row[0])
+
+    def quick_check(self) -> list[str]:
+        """The server checks its own pages; a round trip shows it answers."""
+        self.connection().execute("SELECT 1").fetchone()
+        return []
+
+    def drop_schema(self) -> None:
+        """Drop the schema with every table of queuectl in it (tests, `queuectl` never does)."""
+        with self.write() as conn:
+            conn.raw.execute(f'DROP SCHEMA IF EXISTS "{self.target.schema}" CASCADE')
+        self._ready = False
+
+
+class Listener:
+    """A connection that LISTENs on a schema's channel: its socket is readable when a write
+    committed (any process, any host). Counts what it received; reconnects when dropped."""
+
+    def __init__(self, tgt: Target) -> None:
+        self.target = tgt
+        self.count = 0
+        self._pid = os.getpid()
+        self._raw: Any = None
+        self._open()
+
+    @property
+    def uses_inotify(self) -> bool:
+        """Wake-ups are pushed by the server (the name is the SQLite waiter's)."""
+        return self._raw is not None
+
+    def _open(self) -> None:
+        raw = _connect(self.target, autocommit=True)
+        raw.execute(f'LISTEN "{self.target.channel}"')
+        self._raw = raw
+
+    def fileno(self) -> int:
+        return int(self._raw.pgconn.socket) if self._raw is not None else -1
+
+    def drain(self) -> bool:
+        """Read what the server sent; True if a notification came (or the connection was lost
+        and made again: what was sent meanwhile is unknown, so callers look again)."""
+        if self._pid != os.getpid() or self._raw is None:
+            return False
+        psycopg = _psycopg()
+        pgconn = self._raw.pgconn
+        got = False
+        try:
+            pgconn.consume_input()
+            while pgconn.notifies() is not None:
+                got = True
+        except psycopg.Error:
+            logger.warning("the wake-up connection to %s was lost: reconnecting", self.target.display)
+            with contextlib.suppress(Exception):
+                self._raw.close()
+            self._raw = None
+            with contextlib.suppress(DatabaseUnreachable):
+                self._open()
+            got = True
+        if got:
+            self.count += 1
+        return got
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until a notification comes or `timeout` seconds pass; True if one came."""
+        if timeout <= 0:
+            return False
+        if self._raw is None:
+            with contextlib.suppress(DatabaseUnreachable):
+                self._open()
+            if self._raw is None:
+                select.select([], [], [], timeout)
+                return False
+        if self.drain():
+            return True
+        try:
+            readable, _, _ = select.select([self.fileno()], [], [], timeout)
+        except (InterruptedError, ValueError):
+            return False
+        return bool(readable) and self.drain()
+
+    def close(self) -> None:
+        if self._raw is not None and self._pid == os.getpid():
+            with contextlib.suppress(Exception):
+                self._raw.close()
+        self._raw = None
