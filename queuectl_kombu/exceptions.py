@@ -46,6 +46,11 @@ class DatabaseUnreachable(DatabaseUnusable, sqlite3.OperationalError):
     (Celery reconnects, and retries a publish per broker_connection_retry)."""
 
 
+class ConstraintViolated(QueuectlError, sqlite3.IntegrityError):
+    """A write broke a constraint of the schema (PostgreSQL's IntegrityError; SQLite raises its own
+    sqlite3.IntegrityError, which this also is, so callers catch one type for both engines)."""
+
+
 class DatabaseMoved(DatabaseUnusable):
     """The database file was deleted or replaced while this process had it open."""
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .notify import ChangeWaiter
+from .postgres import Listener
 from .rules import MAX_WAIT
 
 #: While a worker is busy, claims and ack writes are at most this far apart (each takes many rows),
@@ -42,8 +43,9 @@ class LoopLink:
         #: A pipe on the event loop that makes its poll return (see call_again).
         self._wake_fds: tuple[int, int] | None = None
 
-    def register(self, loop: Any, waiter: ChangeWaiter, polling_interval: float) -> None:
-        """Deliver when the WAL file changes (inotify) or a message comes due."""
+    def register(self, loop: Any, waiter: ChangeWaiter | Listener, polling_interval: float) -> None:
+        """Deliver when the database changes (inotify on SQLite's WAL file, a notification on
+        PostgreSQL's LISTEN connection) or a message comes due."""
         self.loop = loop
         self._thread = threading.get_ident()
         loop.on_tick.add(self.flush_acks)
@@ -58,6 +60,16 @@ class LoopLink:
             interval = polling_interval
         self._timers.append(loop.call_repeatedly(interval, self.on_change))
         loop.call_soon(self.on_change)
+
+    def watch(self, waiter: ChangeWaiter | Listener) -> None:
+        """Watch the waiter's descriptor again if it changed (a Listener that reconnected)."""
+        fd = waiter.fileno()
+        if self.loop is None or self._waiter_fd < 0 or fd == self._waiter_fd:
+            return
+        self.loop.remove_reader(self._waiter_fd)
+        self._waiter_fd = fd
+        if fd >= 0:
+            self.loop.add_reader(fd, self.on_change)
 
     def unregister(self) -> None:
         """Stop watching the file, cancel the timers, write what acks wait."""

@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from . import sql
-from .exceptions import DatabaseLocked, DatabaseUnreachable, DatabaseUnusable
+from .exceptions import ConstraintViolated, DatabaseLocked, DatabaseUnreachable, DatabaseUnusable, InvalidValue
 
 logger = logging.getLogger("queuectl_kombu.db")
 
@@ -113,10 +113,12 @@ def mask(url: str, mask: str = "***") -> str:
 # -- the dialect ------------------------------------------------------------------------------
 
 _INDEXED_BY = re.compile(r"\s+INDEXED BY \w+")
+#: SQLite takes a negative LIMIT for none; PostgreSQL takes NULL.
+_LIMIT = re.compile(r"LIMIT :(\w+)")
 _JSON_IN = re.compile(r"(\w+) IN \(SELECT value FROM json_each\((:\w+)\)\)")
 _NAME = re.compile(r"\w+")
 _DIGITS = re.compile(r"\d+")
-#: Statements whose :value is the results table's bytea (a str goes in as its UTF-8 bytes).
+#: Statements that store a result's :value: a str goes to the value column, bytes to blob.
 _BYTEA_VALUE = ("result_set", "result_store_task")
 
 
@@ -130,6 +132,7 @@ def translate(statement: str) -> str:
     """A statement of sql/*.sql (SQLite's dialect) in PostgreSQL's, with psycopg's placeholders:
     :name becomes %(name)s, ?N and ? become %(_N)s (see _params), and a literal % is doubled."""
     text = _JSON_IN.sub(_json_in, _INDEXED_BY.sub("", statement)).replace("char(", "chr(")
+    text = _LIMIT.sub(r"LIMIT CASE WHEN :\1 < 0 THEN NULL ELSE :\1 END", text)
     out: list[str] = []
     i, n, position = 0, len(text), 0
     while i < n:
@@ -189,8 +192,10 @@ def _statement(text: str) -> tuple[str, bool]:
 
 def _params(params: Any, bytea_value: bool) -> Any:
     if isinstance(params, dict):
-        if bytea_value and isinstance(params.get("value"), str):
-            params = dict(params, value=params["value"].encode("utf-8"))
+        if bytea_value:
+            value = params.get("value")
+            blob = bytes(value) if isinstance(value, (bytes, bytearray, memoryview)) else None
+            params = dict(params, value=None if blob is not None else value, blob=blob)
         return params
     return {f"_{i}": v for i, v in enumerate(params or (), 1)}
 
@@ -301,6 +306,12 @@ class Connection:
         except (psycopg.errors.DeadlockDetected, psycopg.errors.LockNotAvailable,
                 psycopg.errors.SerializationFailure) as exc:
             raise DatabaseLocked(f"{self.target.display}: {str(exc).strip().splitlines()[0]}") from exc
+        except psycopg.DataError as exc:
+            if "NUL" in str(exc):
+                raise InvalidValue("PostgreSQL's text cannot hold a NUL character (\\x00)") from None
+            raise
+        except psycopg.IntegrityError as exc:
+            raise ConstraintViolated(f"{self.target.display}: {str(exc).strip().splitlines()[0]}") from exc
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             if self.usable and not isinstance(exc, psycopg.InterfaceError):
                 raise

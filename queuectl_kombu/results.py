@@ -25,6 +25,11 @@ Value = str | bytes
 PURGE_BATCH = 1000
 
 
+def _value(value: Value | None, blob: bytes | None) -> Value | None:
+    # PostgreSQL keeps a str in value (text) and bytes in blob (bytea); SQLite keeps either in value.
+    return value if blob is None else bytes(blob)
+
+
 def _expires_at(now: float, expires: float | None) -> float | None:
     return now + float(expires) if expires and expires > 0 else None
 
@@ -76,7 +81,7 @@ class ResultStore:
     def get(self, key: str) -> Value | None:
         """The value of a live key, or None."""
         row = self.db.connection().execute(Q["result_get"], {"key": key, "now": self.clock()}).fetchone()
-        return None if row is None else row[0]
+        return None if row is None else _value(row[0], row[1])
 
     def mget(self, keys: Sequence[str]) -> list[Value | None]:
         """The values of `keys` in the same order (None where a key is missing or expired)."""
@@ -85,7 +90,7 @@ class ResultStore:
         rows = self.db.connection().execute(
             Q["result_mget"], {"keys": json.dumps(list(keys)), "now": self.clock()}
         )
-        found = {row[0]: row[1] for row in rows}
+        found = {row[0]: _value(row[1], row[2]) for row in rows}
         return [found.get(key) for key in keys]
 
     def count(self) -> int:

@@ -75,6 +75,7 @@ from .exceptions import DatabaseMoved, DatabaseUnusable
 from .housekeeper import Housekeeper
 from .loop import LoopLink
 from .notify import ChangeWaiter
+from .postgres import Listener
 from .paths import SCHEME, url_path
 from .postgres import is_postgres_url
 from .postgres import mask as masked_url
@@ -109,7 +110,7 @@ class Transport(virtual.Transport):
         super().__init__(client, **kwargs)
         self.synchronous = str(client.transport_options.get("synchronous", "NORMAL"))
         self._store: JobStore | None = None
-        self._waiter: ChangeWaiter | None = None
+        self._waiter: ChangeWaiter | Listener | None = None
         self._owner: str | None = None
         self._owner_pid = 0
         self._housekeeper: Housekeeper | None = None
@@ -162,10 +163,11 @@ class Transport(virtual.Transport):
         return self._owner
 
     @property
-    def waiter(self) -> ChangeWaiter:
-        """Wakes this process's consumer when the database changes."""
+    def waiter(self) -> ChangeWaiter | Listener:
+        """Wakes this process's consumer when the database changes: the waiter of the thread
+        that consumes, whose wake-ups are the ones its change stamps count (PostgreSQL)."""
         if self._waiter is None:
-            self._waiter = ChangeWaiter(self.store.path, poll_interval=float(self.polling_interval))
+            self._waiter = self.store.db.thread_waiter(float(self.polling_interval))
         return self._waiter
 
     def establish_connection(self) -> Transport:
@@ -205,6 +207,7 @@ class Transport(virtual.Transport):
         """The database may have changed (or a timer fired): deliver whatever is ready."""
         if self._waiter is not None:
             self._waiter.drain()
+            self.link.watch(self._waiter)
         # Control and broadcast messages (no-ack queues: pidbox, events) before tasks: a revoke
         # published just before its task is handled before the task is (Redis leaves it to a race).
         for channel in sorted(self.channels, key=lambda ch: not ch.consumes_without_ack()):
@@ -237,9 +240,7 @@ class Transport(virtual.Transport):
             if self._housekeeper is not None:
                 self._housekeeper.stop()
                 self._housekeeper = None
-            if self._waiter is not None:
-                self._waiter.close()
-                self._waiter = None
+            self._waiter = None  # the thread's waiter: closed with the thread's connection
             self.link.close()
 
     def consumed_queues(self) -> list[str]:

@@ -4,11 +4,16 @@ fixture's teardown can tell whether the test failed and print its diagnostics.""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from .support.clock import Clock
+from .support.postgres import fresh_database
+
+#: The engines a queuectl database runs on: the parametrized fixtures below run a test on each.
+ENGINES = ("sqlite", "postgresql")
 
 
 @pytest.fixture
@@ -21,6 +26,28 @@ def clock() -> Clock:
 def db_path(tmp_path: Path) -> str:
     """Where this test's SQLite file goes (not created)."""
     return str(tmp_path / "queue.db")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL database of this test's own (dropped after): its postgresql:// URL."""
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    """The engine under test: every test that asks for it (or for db_target) runs on both."""
+    return str(request.param)
+
+
+@pytest.fixture
+def db_target(engine: str, request: pytest.FixtureRequest) -> str:
+    """This test's database on the engine under test: a SQLite path (not created) or the URL of
+    a PostgreSQL database of its own."""
+    if engine == "sqlite":
+        return str(request.getfixturevalue("db_path"))
+    return str(request.getfixturevalue("pg_url"))
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -106,11 +106,28 @@ WHERE id > coalesce(:cursor, 0)
 ORDER BY id
 LIMIT :limit
 
--- name: result_store_task
-INSERT INTO results (key, value, state, counter, expires_at, updated_at)
-VALUES (:key, :value, :state, 0, :expires_at, :now)
+-- name: result_get
+SELECT value, blob FROM results
+WHERE key = :key AND (expires_at IS NULL OR expires_at > :now)
+
+-- name: result_mget
+SELECT key, value, blob FROM results
+WHERE key IN (SELECT value FROM json_each(:keys))
+  AND (expires_at IS NULL OR expires_at > :now)
+
+-- name: result_set
+-- :value is a str (NULL when the value is bytes), :blob the bytes (see postgres._params).
+INSERT INTO results (key, value, blob, state, counter, expires_at, updated_at)
+VALUES (:key, :value, :blob, NULL, 0, :expires_at, :now)
 ON CONFLICT (key) DO UPDATE
-SET value = excluded.value, state = excluded.state, expires_at = excluded.expires_at,
+SET value = excluded.value, blob = excluded.blob, state = NULL, expires_at = excluded.expires_at,
+    updated_at = excluded.updated_at
+
+-- name: result_store_task
+INSERT INTO results (key, value, blob, state, counter, expires_at, updated_at)
+VALUES (:key, :value, :blob, :state, 0, :expires_at, :now)
+ON CONFLICT (key) DO UPDATE
+SET value = excluded.value, blob = excluded.blob, state = excluded.state, expires_at = excluded.expires_at,
     updated_at = excluded.updated_at
 WHERE results.state IS DISTINCT FROM 'SUCCESS'
    OR (results.expires_at IS NOT NULL AND results.expires_at <= excluded.updated_at)

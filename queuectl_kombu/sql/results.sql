@@ -3,12 +3,13 @@
 -- it, writes replace it, and result_purge_expired deletes it.
 
 -- name: result_get
-SELECT value FROM results
+-- The value and, in a second column, PostgreSQL's bytes (its results keep str and bytes apart).
+SELECT value, NULL FROM results
 WHERE key = :key AND (expires_at IS NULL OR expires_at > :now)
 
 -- name: result_mget
 -- :keys is a JSON array of keys; the rows come back in no particular order.
-SELECT key, value FROM results
+SELECT key, value, NULL FROM results
 WHERE key IN (SELECT value FROM json_each(:keys))
   AND (expires_at IS NULL OR expires_at > :now)
 

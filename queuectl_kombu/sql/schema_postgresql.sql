@@ -89,10 +89,11 @@ CREATE TABLE IF NOT EXISTS stats (
     PRIMARY KEY (minute, queue, event)
 );
 
--- value: bytea, so that any value fits (a value stored as str comes back as its UTF-8 bytes).
+-- A value comes back as it went in: a str in value, bytes in blob (a column holds one type here).
 CREATE TABLE IF NOT EXISTS results (
     key          TEXT PRIMARY KEY,
-    value        BYTEA,
+    value        TEXT,
+    blob         BYTEA,
     state        TEXT,
     counter      BIGINT NOT NULL DEFAULT 0,
     expires_at   DOUBLE PRECISION,

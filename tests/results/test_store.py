@@ -11,8 +11,8 @@ from queuectl_kombu.results import ResultStore, result_store
 
 
 @pytest.fixture
-def store(db_path: str, clock) -> ResultStore:
-    s = ResultStore(db_path, clock=clock, purge_interval=3600)
+def store(db_target: str, clock) -> ResultStore:
+    s = ResultStore(db_target, clock=clock, purge_interval=3600)
     s.open()
     yield s
     s.close()
@@ -57,8 +57,8 @@ def test_an_expired_key_is_absent_until_purged(store: ResultStore, clock) -> Non
     assert store.get("forever") == "v" and store.get("zero") == "v"
 
 
-def test_writes_purge_expired_rows_now_and_then(db_path: str, clock) -> None:
-    store = ResultStore(db_path, clock=clock, purge_interval=10)
+def test_writes_purge_expired_rows_now_and_then(db_target: str, clock) -> None:
+    store = ResultStore(db_target, clock=clock, purge_interval=10)
     store.set("k1", "v", expires=5)  # the first write purges and schedules the next purge at +10
     clock.advance(6)
     store.set("k2", "v", expires=60)
@@ -107,8 +107,8 @@ def test_incr_counts_and_restarts_when_expired(store: ResultStore, clock) -> Non
     assert store.incr("c", expires=10) == 2
 
 
-def test_incr_from_many_threads_loses_no_count(db_path: str) -> None:
-    store = ResultStore(db_path)
+def test_incr_from_many_threads_loses_no_count(db_target: str) -> None:
+    store = ResultStore(db_target)
     store.open()  # concurrent first opens of a new file are the backend's business (it retries them)
     seen: list[int] = []
     lock = threading.Lock()
@@ -182,8 +182,8 @@ def test_wait_for_change_times_out_when_nobody_commits(store: ResultStore) -> No
     assert store.wait_for_change(stamp, timeout=0.05) is False
 
 
-def test_wait_for_change_wakes_on_another_connection_commit(db_path: str, store: ResultStore) -> None:
-    other = ResultStore(db_path)
+def test_wait_for_change_wakes_on_another_connection_commit(db_target: str, store: ResultStore) -> None:
+    other = ResultStore(db_target)
     stamp = store.change_stamp()
     writer = threading.Thread(target=lambda: other.set("k", "v"))
     writer.start()

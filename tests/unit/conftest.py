@@ -1,4 +1,4 @@
-"""Fixtures for the unit tier: a JobStore on a fresh SQLite file per test, on the clock the test
+"""Fixtures for the unit tier: a JobStore on a fresh SQLite file, then a PostgreSQL database, per test, on the clock the test
 moves (``clock`` and ``db_path`` come from tests/conftest.py)."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from tests.support.clock import Clock
 
 
 @pytest.fixture
-def store(db_path: str, clock: Clock) -> Iterator[JobStore]:
-    s = JobStore(db_path, clock=clock)
+def store(db_target: str, clock: Clock) -> Iterator[JobStore]:
+    """A JobStore on each engine in turn (tests/conftest.py: db_target)."""
+    s = JobStore(db_target, clock=clock)
     s.open()
     yield s
     s.close()

@@ -4,6 +4,8 @@ the file's sizes, SQLite's quick check), and the stats table kept bounded by fol
 from __future__ import annotations
 
 import os
+
+import pytest
 from pathlib import Path
 
 from queuectl_kombu import JobStore, NewJob
@@ -39,6 +41,8 @@ def test_a_paused_queue_has_no_runnable_job(store: JobStore, clock: Clock) -> No
 
 
 def test_file_sizes_are_those_of_the_file_and_its_wal(store: JobStore, db_path: str) -> None:
+    if store.db.engine != "sqlite":
+        pytest.skip("a SQLite file and its WAL (PostgreSQL: test_table_sizes_on_postgresql)")
     store.publish_many([NewJob(queue="q", payload="x" * 1000) for _ in range(50)])
     database, wal = store.file_sizes()
     assert (database, wal) == (os.stat(db_path).st_size, os.stat(db_path + "-wal").st_size)
@@ -83,3 +87,14 @@ def test_fold_stats_keeps_totals_and_drops_old_minutes(store: JobStore, clock: C
     assert store.fold_stats() == 1  # the second minute joins the first: one row per queue and event
     assert store.activity(0) == [(0, "q", "published", 2), (0, "r", "published", 1)]
     assert store.event_totals() == totals
+
+
+def test_table_sizes_on_postgresql(pg_url: str) -> None:
+    """PostgreSQL has no file: the size is that of the schema's tables and indexes, and no WAL."""
+    store = JobStore(pg_url)
+    empty, wal = store.file_sizes()
+    store.publish_many([NewJob(queue="q", payload="x" * 2000) for _ in range(500)])
+    grown, wal_after = store.file_sizes()
+    assert wal == wal_after == 0
+    assert grown > empty > 0
+    store.close()

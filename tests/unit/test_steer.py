@@ -64,13 +64,13 @@ def test_running_jobs_of_a_paused_queue_finish(store: JobStore) -> None:
     assert store.get_job(job.id).state is JobState.COMPLETED
 
 
-def test_the_pause_outlives_the_process(db_path: str, clock: Clock) -> None:
-    first = JobStore(db_path, clock=clock)
+def test_the_pause_outlives_the_process(db_target: str, clock: Clock) -> None:
+    first = JobStore(db_target, clock=clock)
     first.declare_queue("q")
     first.publish(NewJob(queue="q", payload="1"))
     first.pause_queue("q")
     first.close()
-    second = JobStore(db_path, clock=clock)
+    second = JobStore(db_target, clock=clock)
     try:
         assert second.paused_queues() == ["q"] and second.claim(["q"], 1, "w", 30.0) == []
         second.declare_queue("q")  # a redeclare (a worker starting) keeps the flag
