@@ -52,7 +52,7 @@ class LoopLink:
         if self._wake_fds is None:
             self._wake_fds = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         loop.add_reader(self._wake_fds[0], self._on_wake)
-        if waiter.uses_inotify:
+        if waiter.pushes_changes:
             self._waiter_fd = waiter.fileno()
             loop.add_reader(self._waiter_fd, self.on_change)
             interval = MAX_WAIT

@@ -62,8 +62,8 @@ class ChangeWaiter:
             logger.info("inotify is not available: polling %s every %gs", db_path, poll_interval)
 
     @property
-    def uses_inotify(self) -> bool:
-        """True when wake-ups come from the kernel rather than from polling."""
+    def pushes_changes(self) -> bool:
+        """True when wake-ups come from the kernel (inotify) rather than from polling."""
         return self._fd >= 0 and self._wd >= 0
 
     def fileno(self) -> int:
@@ -105,10 +105,10 @@ class ChangeWaiter:
         """Sleep until the file changes or `timeout` seconds pass; True if woken by a change."""
         if timeout <= 0:
             return False
-        if not self.uses_inotify:
+        if not self.pushes_changes:
             if self._fd >= 0:
                 self._watch()  # the WAL file may exist by now
-                if self.uses_inotify:
+                if self.pushes_changes:
                     return self.wait(timeout)
             time.sleep(min(timeout, self.poll_interval))
             return False

@@ -521,8 +521,8 @@ class Listener:
         self._open()
 
     @property
-    def uses_inotify(self) -> bool:
-        """Wake-ups are pushed by the server (the name is the SQLite waiter's)."""
+    def pushes_changes(self) -> bool:
+        """True while connected: the server pushes every commit's notification."""
         return self._raw is not None
 
     def _open(self) -> None:

@@ -59,3 +59,9 @@ def fresh_database() -> Iterator[str]:
     finally:
         with _admin() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def url_of(target: str) -> str:
+    """The broker and backend URL of a test database: a postgresql:// URL as it is, a SQLite
+    path as sqlite:///path."""
+    return target if target.startswith("postgresql://") else "sqlite:///" + target

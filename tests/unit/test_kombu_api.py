@@ -1,4 +1,4 @@
-"""kombu's own API on the SQLite transport: publish, consume, ack, reject, requeue, ETA, priority."""
+"""kombu's own API on the transport, on SQLite and on PostgreSQL: publish, consume, ack, reject, requeue, ETA, priority."""
 
 from __future__ import annotations
 
@@ -16,15 +16,16 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 
 import queuectl_kombu  # noqa: F401
 from queuectl_kombu import DatabaseUnusable, JobState, JobStore
-from queuectl_kombu.notify import ChangeWaiter
+from tests.support.postgres import url_of
 
 
 @pytest.fixture
-def url(db_path: str) -> str:
-    return "sqlite:///" + db_path
+def url(db_target: str) -> str:
+    """The broker URL of this test's database, on each engine in turn."""
+    return url_of(db_target)
 
 
-def test_simple_queue_round_trip(url: str, db_path: str) -> None:
+def test_simple_queue_round_trip(url: str, db_target: str) -> None:
     with Connection(url) as conn:
         q = conn.SimpleQueue("jobs")
         q.put({"n": 1})
@@ -35,40 +36,40 @@ def test_simple_queue_round_trip(url: str, db_path: str) -> None:
         for m in got:
             m.ack()
         q.close()
-    assert JobStore(db_path).counts()[JobState.COMPLETED] == 2
+    assert JobStore(db_target).counts()[JobState.COMPLETED] == 2
 
 
-def test_requeue_puts_back_the_same_row(url: str, db_path: str) -> None:
+def test_requeue_puts_back_the_same_row(url: str, db_target: str) -> None:
     with Connection(url) as conn:
         q = conn.SimpleQueue("jobs")
         q.put("x")
         m = q.get(timeout=2)
         m.requeue()
-        jobs = JobStore(db_path).list_jobs()
+        jobs = JobStore(db_target).list_jobs()
         assert [(j.state, j.attempts) for j in jobs] == [(JobState.PENDING, 0)]
         again = q.get(timeout=2)
         assert again.payload == "x"
         again.ack()
         q.close()
-    assert len(JobStore(db_path).list_jobs()) == 1
+    assert len(JobStore(db_target).list_jobs()) == 1
 
 
-def test_reject_applies_the_retry_policy(url: str, db_path: str) -> None:
+def test_reject_applies_the_retry_policy(url: str, db_target: str) -> None:
     with Connection(url, transport_options={"max_retries": 0}) as conn:
         q = conn.SimpleQueue("jobs")
         q.put("x")
         q.get(timeout=2).reject()
         q.close()
-    (job,) = JobStore(db_path).list_jobs()
+    (job,) = JobStore(db_target).list_jobs()
     assert job.state is JobState.DEAD
 
 
-def test_reject_with_retries_left_waits_for_backoff(url: str, db_path: str) -> None:
+def test_reject_with_retries_left_waits_for_backoff(url: str, db_target: str) -> None:
     with Connection(url, transport_options={"max_retries": 2, "backoff_base": 60}) as conn:
         q = conn.SimpleQueue("jobs")
         q.put("x")
         q.get(timeout=2).reject()
-        (job,) = JobStore(db_path).list_jobs()
+        (job,) = JobStore(db_target).list_jobs()
         assert job.state is JobState.FAILED
         assert job.next_run_at > time.time() + 50
         with pytest.raises(q.Empty):
@@ -89,7 +90,7 @@ def test_priority_higher_first_then_fifo(url: str) -> None:
     assert received == ["b", "d", "c", "a"]
 
 
-def test_eta_header_holds_the_message(url: str, db_path: str) -> None:
+def test_eta_header_holds_the_message(url: str, db_target: str) -> None:
     eta = (datetime.now(timezone.utc) + timedelta(seconds=60)).isoformat()
     with Connection(url) as conn:
         q = conn.SimpleQueue("later")
@@ -97,15 +98,15 @@ def test_eta_header_holds_the_message(url: str, db_path: str) -> None:
         with pytest.raises(q.Empty):
             q.get(timeout=0.2)
         q.close()
-    (job,) = JobStore(db_path).list_jobs()
+    (job,) = JobStore(db_target).list_jobs()
     assert job.state is JobState.PENDING
     assert job.next_run_at == pytest.approx(time.time() + 60, abs=5)
 
 
-def test_transport_by_class_path_without_the_alias(db_path: str) -> None:
+def test_transport_by_class_path_without_the_alias(db_target: str) -> None:
     code = (
         "import sys; from kombu import Connection;"
-        f"c = Connection('sqlite:///{db_path}', transport='queuectl_kombu.transport:Transport');"
+        f"c = Connection({url_of(db_target)!r}, transport='queuectl_kombu.transport:Transport');"
         "q = c.SimpleQueue('x'); q.put('hi'); m = q.get(timeout=2); m.ack(); print(m.payload)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -124,7 +125,7 @@ def test_connect_names_a_bad_path(tmp_path: Path) -> None:
         Connection("sqlite:///" + str(bad)).connect()
 
 
-def test_consumer_wakes_on_another_process_publish(url: str, db_path: str) -> None:
+def test_consumer_wakes_on_another_process_publish(url: str, db_target: str) -> None:
     """drain_events returns once another process publishes, long before its timeout."""
     received: list[str] = []
     with Connection(url) as conn:
@@ -132,7 +133,7 @@ def test_consumer_wakes_on_another_process_publish(url: str, db_path: str) -> No
         with Consumer(conn, [queue], callbacks=[lambda body, m: (received.append(body), m.ack())]):
             code = (
                 "import time, queuectl_kombu; from kombu import Connection; time.sleep(0.3);"
-                f"c = Connection('sqlite:///{db_path}'); c.SimpleQueue('wake').put('ping')"
+                f"c = Connection({url_of(db_target)!r}); c.SimpleQueue('wake').put('ping')"
             )
             child = subprocess.Popen([sys.executable, "-c", code])
             try:
@@ -163,19 +164,20 @@ def test_ack_from_another_thread_frees_the_prefetch_window(url: str) -> None:
         q.close()
 
 
-def test_waiter_wakes_on_a_commit(db_path: str) -> None:
-    store = JobStore(db_path)
+def test_waiter_wakes_on_a_commit(db_target: str) -> None:
+    """SQLite: inotify on the -wal file; PostgreSQL: a NOTIFY on the LISTEN connection."""
+    store = JobStore(db_target)
     store.open()
-    waiter = ChangeWaiter(store.path)
-    assert waiter.uses_inotify
+    waiter = store.db.change_waiter()
+    assert waiter.pushes_changes and waiter.fileno() >= 0
     waiter.drain()
     assert waiter.wait(0.05) is False
-    JobStore(db_path).set_config("retention", 5)
+    JobStore(db_target).set_config("retention", 5)
     assert waiter.wait(30) is True
     waiter.close()
 
 
-def test_event_loop_delivers_and_flushes_acks(url: str, db_path: str) -> None:
+def test_event_loop_delivers_and_flushes_acks(url: str, db_target: str) -> None:
     """On kombu's hub (Celery's event loop) messages arrive by the inotify descriptor and the acks
     gathered during an iteration are written before the loop waits again."""
     from kombu.asynchronous import Hub
@@ -192,7 +194,7 @@ def test_event_loop_delivers_and_flushes_acks(url: str, db_path: str) -> None:
             for i in range(3):
                 q.put(i)
             q.close()
-        store = JobStore(db_path)
+        store = JobStore(db_target)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and store.counts()[JobState.COMPLETED] < 3:
             hub.run_once()
@@ -323,7 +325,7 @@ def test_kombu_typed_json_round_trips(url: str) -> None:
         q.close()
 
 
-def test_every_delivery_after_the_first_says_redelivered(url: str, db_path: str) -> None:
+def test_every_delivery_after_the_first_says_redelivered(url: str, db_target: str) -> None:
     """A requeue (Reject(requeue=True), a shutdown hand-back) does not count as an attempt, but the
     next delivery is still a redelivery, as on RabbitMQ."""
     with Connection(url) as conn:
@@ -336,7 +338,7 @@ def test_every_delivery_after_the_first_says_redelivered(url: str, db_path: str)
         assert second.delivery_info["redelivered"] is True
         second.ack()
         q.close()
-    (job,) = JobStore(db_path).list_jobs()
+    (job,) = JobStore(db_target).list_jobs()
     assert (job.state, job.attempts) == (JobState.COMPLETED, 1)
 
 
