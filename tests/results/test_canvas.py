@@ -11,6 +11,7 @@ deadline instead of passing by luck. Every case waits at most WAIT seconds.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -21,12 +22,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from celery import chain, chord, group, states
 from celery.exceptions import ChordError, TaskRevokedError
 
 import rapp
 from tests.support.peers import delete_keys, redis_client
+from tests.support.postgres import fresh_database
 from tests.support.waiting import wait_for
 
 from .helpers import REDIS_URL, ResultWorker
@@ -48,9 +51,12 @@ class Peer:
         conf: dict[str, Any] = {"task_default_queue": f"rtest-{run}"}
         self.redis = None
         self.prefix = f"rtest-{run}-"
+        self._database = contextlib.ExitStack()
         if name == "sqlite":
             self.path = str(workdir / "queue.db")
             broker = backend = f"sqlite:///{self.path}"
+        elif name == "postgresql":
+            self.path = broker = backend = self._database.enter_context(fresh_database())
         else:
             self.redis = redis_client(REDIS_URL)
             broker = backend = REDIS_URL
@@ -84,12 +90,13 @@ class Peer:
 
     def close(self) -> None:
         self.worker.stop()
+        self._database.close()
         if self.redis is not None:
             delete_keys(self.redis, f"{self.prefix}*")
             self.redis.close()
 
 
-@pytest.fixture(scope="module", params=["sqlite", "redis"])
+@pytest.fixture(scope="module", params=["sqlite", "postgresql", "redis"])
 def peer(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peer]:
     if request.param == "redis" and redis_client(REDIS_URL) is None:
         pytest.skip(f"Redis is not reachable at {REDIS_URL}")
@@ -203,7 +210,7 @@ def test_no_chord_unlock_is_ever_published(peer: Peer) -> None:
     names = peer.published_names()
     assert "rt.tsum" in names  # the bodies were published (by the workers) ...
     assert "celery.chord_unlock" not in names  # ... and never through chord_unlock
-    if peer.name == "sqlite":
+    if peer.name != "redis":
         jobs = JobStore(peer.path).list_jobs()
         task_names = {job.task_name for job in jobs}
         assert "rt.tsum" in task_names
@@ -301,6 +308,17 @@ def stop_between_writes(pid: int, path: str) -> None:
     deadline = time.monotonic() + WAIT
     while True:
         os.kill(pid, signal.SIGSTOP)
+        if path.startswith("postgresql://"):
+            with psycopg.connect(path, autocommit=True) as conn:
+                busy = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND state = 'idle in transaction'").fetchone()[0]
+            if not busy:
+                return
+            os.kill(pid, signal.SIGCONT)
+            if time.monotonic() > deadline:
+                pytest.fail(f"the worker held a transaction open in {path} for {WAIT} s")
+            continue
         probe = sqlite3.connect(path, timeout=0.05, isolation_level=None)
         try:
             probe.execute("BEGIN IMMEDIATE")
@@ -394,8 +412,14 @@ def test_a_message_published_twice_runs_twice(peer: Peer) -> None:
     peer.record("published_twice", (runs.count("t1"), runs.count("t2"), runs.count("t3")))
 
 
+def test_postgresql_gave_the_results_sqlite_gave() -> None:
+    if not {"sqlite", "postgresql"} <= set(OUTCOMES):
+        pytest.skip(f"needs both engines; ran: {sorted(OUTCOMES) or 'none'}")
+    assert OUTCOMES["postgresql"] == OUTCOMES["sqlite"]
+
+
 def test_both_peers_gave_the_same_results() -> None:
-    if set(OUTCOMES) != {"sqlite", "redis"}:
+    if not {"sqlite", "redis"} <= set(OUTCOMES):
         pytest.skip(f"needs both peers; ran: {sorted(OUTCOMES) or 'none'}")
     assert set(OUTCOMES["sqlite"]) - set(OUTCOMES["redis"]) == {"revoke_before_task"}  # a race on Redis
     assert {case: OUTCOMES["sqlite"][case] for case in OUTCOMES["redis"]} == OUTCOMES["redis"]

@@ -6,6 +6,7 @@ its own task ids and gate files, so the tests stay independent.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -23,6 +24,8 @@ import rapp
 from tests.support.waiting import wait_for
 
 from .helpers import ResultWorker
+from tests.conftest import ENGINES
+from tests.support.postgres import fresh_database, url_of
 from queuectl_kombu import JobStore
 from queuectl_kombu.results import ResultStore
 
@@ -30,27 +33,33 @@ from queuectl_kombu.results import ResultStore
 class Env:
     """The module's worker, its database file and a client app."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, target: str) -> None:
         self.workdir = workdir
-        self.path = str(workdir / "queue.db")
-        url = f"sqlite:///{self.path}"
-        self.worker = ResultWorker(workdir, "rapp", url, "sqlite://",
+        self.path = target
+        url = url_of(target)
+        # SQLite: "sqlite://" names the broker's file; PostgreSQL: the same URL for both
+        backend = "sqlite://" if url.startswith("sqlite:") else url
+        self.worker = ResultWorker(workdir, "rapp", url, backend,
                              {"task_track_started": True, "result_extended": True})
-        self.app = rapp.make_app(url, "sqlite://")
+        self.app = rapp.make_app(url, backend)
         self.tasks = self.app.tasks
 
     def gate(self) -> Path:
         return self.workdir / f"gate-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    env = Env(tmp_path_factory.mktemp("worker"))
-    try:
-        env.worker.wait_ready()
-        yield env
-    finally:
-        env.worker.stop()
+@pytest.fixture(scope="module", params=ENGINES)
+def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    """The module's worker on each engine in turn."""
+    workdir = tmp_path_factory.mktemp("worker")
+    with contextlib.ExitStack() as stack:
+        target = str(workdir / "queue.db") if request.param == "sqlite" else stack.enter_context(fresh_database())
+        env = Env(workdir, target)
+        try:
+            env.worker.wait_ready()
+            yield env
+        finally:
+            env.worker.stop()
 
 
 def state_is(result: Any, state: str) -> bool:
@@ -208,6 +217,8 @@ def test_results_share_the_broker_file(env: Env) -> None:
 
 
 def test_locked_database_delays_the_result_not_fails_it(env: Env) -> None:
+    if env.path.startswith("postgresql://"):
+        pytest.skip("SQLite's file-wide write lock; PostgreSQL locks rows")
     gate = env.gate()
     result = env.tasks["rt.gated"].delay(str(gate), "after the lock")
     wait_for(lambda: state_is(result, states.STARTED), 30, what="STARTED")
