@@ -9,6 +9,7 @@ replaced under the worker.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -26,6 +27,9 @@ logger = logging.getLogger(__name__)
 PRUNE_EVERY = 30.0
 TOUCH_EVERY = 1.0
 CHECKPOINT_EVERY = 10.0
+#: While the same error fails every round (a database server that is down), it is logged again
+#: this often, not every second.
+REPEAT_FAILURE_EVERY = 60.0
 
 
 @dataclass
@@ -59,6 +63,8 @@ class Housekeeper(threading.Thread):
 
     def run(self) -> None:
         last = _Last()
+        failing: str | None = None  # the error of the rounds failing since, said once a minute
+        failing_said = -math.inf
         while not self._stop_event.is_set():
             try:
                 moved = self.store.db.moved()
@@ -76,8 +82,15 @@ class Housekeeper(threading.Thread):
                     break
                 with fork_guard():  # a pool process forked meanwhile must not inherit SQLite's locks
                     self._tick(time.monotonic(), lease, last)
+                if failing is not None:
+                    logger.warning("housekeeper: working again (%s)", self.store.path)
+                    failing = None
             except (sqlite3.Error, DatabaseUnusable) as exc:
-                logger.warning("housekeeper: %s", exc)
+                # a server that is down fails every round: said when it starts, then once a minute
+                if str(exc) != failing or time.monotonic() - failing_said >= REPEAT_FAILURE_EVERY:
+                    logger.warning("housekeeper: %s", exc)
+                    failing_said = time.monotonic()
+                failing = str(exc)
                 self._stop_event.wait(1.0)
             except Exception:  # pragma: no cover - keep leases alive whatever happens
                 logger.exception("housekeeper failed; retrying")

@@ -11,9 +11,11 @@ from .kit import Env
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    """A fresh SQLite broker file for one test; every process started through it is stopped."""
-    e = Env(tmp_path)
+def env(tmp_path: Path, engine: str, request: pytest.FixtureRequest) -> Iterator[Env]:
+    """A fresh broker for one test, a SQLite file and then a PostgreSQL database of its own;
+    every process started through it is stopped."""
+    pg_url = str(request.getfixturevalue("pg_url")) if engine == "postgresql" else ""
+    e = Env(tmp_path, broker=engine, pg_url=pg_url)
     yield e
     e.close()
 

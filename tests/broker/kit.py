@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from queuectl_kombu import JobStore
 from tests.support.events import Event, Layout, read_events
 from tests.support.paths import REPO
 from tests.support.peers import delete_keys, redis_client
@@ -37,11 +38,13 @@ LAYOUT: Layout = ("event", "task_id", "tag", "hostname", "pid", "time")
 
 
 class Env:
-    """One broker (a SQLite file or Redis db 13 with a namespace) and the processes using it."""
+    """One broker (a SQLite file, a PostgreSQL database, or Redis db 13 with a namespace) and the
+    processes using it."""
 
-    def __init__(self, workdir: Path, broker: str = "sqlite", ns: str = "") -> None:
+    def __init__(self, workdir: Path, broker: str = "sqlite", ns: str = "", pg_url: str = "") -> None:
         self.workdir = workdir
         self.broker = broker
+        self.pg_url = pg_url
         self.ns = ns
         self.db = workdir / "broker.db"
         self.log = workdir / "exec.log"
@@ -51,14 +54,16 @@ class Env:
 
     @property
     def url(self) -> str:
+        if self.broker == "postgresql":
+            return self.pg_url
         return REDIS_URL if self.broker == "redis" else "sqlite:///" + str(self.db)
 
     def environ(self, **extra: str) -> dict[str, str]:
         env = child_env(APPS, REPO, unset=["BTEST_QUEUE", "BTEST_BEAT_EVERY", "BTEST_BROKER"],
                         BTEST_DB=str(self.db), BTEST_LOG=str(self.log), BTEST_NS=self.ns,
                         BTEST_CONF=json.dumps(self.conf), PYTHONUNBUFFERED="1")
-        if self.broker == "redis":
-            env["BTEST_BROKER"] = REDIS_URL
+        if self.broker != "sqlite":
+            env["BTEST_BROKER"] = self.url
         env.update(extra)
         return env
 
@@ -111,9 +116,16 @@ class Env:
             with contextlib.suppress(Exception):
                 app.close()
 
-    # -- looking into the SQLite file (a separate read connection) --------------------------------
+    # -- looking into the database (a separate read connection) -----------------------------------
 
     def sql(self, statement: str, params: tuple = ()) -> list[tuple]:
+        """Rows of one statement in SQLite's dialect (PostgreSQL's engine translates it)."""
+        if self.broker == "postgresql":
+            store = JobStore(self.pg_url)
+            try:
+                return [tuple(row) for row in store.db.connection().execute(statement, params).fetchall()]
+            finally:
+                store.close()
         conn = sqlite3.connect(str(self.db), timeout=30)
         try:
             return conn.execute(statement, params).fetchall()

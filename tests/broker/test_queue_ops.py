@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+import psycopg
 import pytest
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.exceptions import ChannelError
@@ -184,13 +185,19 @@ def test_basic_get_reject_requeue_and_no_ack(url: str, env: Env) -> None:
 
 
 def test_ensure_waits_out_a_locked_database(url: str, env: Env) -> None:
-    """Another connection holds BEGIN EXCLUSIVE for a moment: ensure_connection and a publish
-    through Connection.ensure wait (busy timeout) and succeed once the lock is gone."""
+    """Another connection holds BEGIN EXCLUSIVE (PostgreSQL: an exclusive lock on the jobs table)
+    for a moment: ensure_connection and a publish through Connection.ensure wait and succeed once
+    the lock is gone."""
     with Connection(url) as conn:
         queue = Queue("locked", Exchange("locked"), "locked")
         queue(conn.default_channel).declare()
-    locker = sqlite3.connect(str(env.db), isolation_level=None, timeout=5, check_same_thread=False)
-    locker.execute("BEGIN EXCLUSIVE")
+    if env.broker == "postgresql":
+        locker = psycopg.connect(url, autocommit=True)
+        locker.execute("BEGIN")
+        locker.execute("LOCK TABLE queuectl.jobs IN ACCESS EXCLUSIVE MODE")
+    else:
+        locker = sqlite3.connect(str(env.db), isolation_level=None, timeout=5, check_same_thread=False)
+        locker.execute("BEGIN EXCLUSIVE")
     released: list[float] = []
 
     def release() -> None:

@@ -11,6 +11,7 @@ checks, w4 is the one test_shutdown stops.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.support.peers import free_port, redis_client
+from tests.support.postgres import fresh_database
 from tests.support.processes import Worker, pid_alive
 from tests.support.waiting import wait_for
 
@@ -72,13 +74,15 @@ class Cluster:
             return len(conn.default_channel.get_table(f"{self.ns}celeryev"))
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("redis", marks=pytest.mark.peer)])
+@pytest.fixture(scope="module", params=["sqlite", "postgresql", pytest.param("redis", marks=pytest.mark.peer)])
 def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
     broker = request.param
     if broker == "redis" and redis_client(REDIS_URL, socket_timeout=5) is None:
         pytest.skip("Redis is not reachable at 127.0.0.1:6379 (db 13)")
-    ns = "" if broker == "sqlite" else f"bt{uuid.uuid4().hex[:8]}-"
-    env = Env(tmp_path_factory.mktemp(f"rc-{broker}"), broker=broker, ns=ns)
+    ns = f"bt{uuid.uuid4().hex[:8]}-" if broker == "redis" else ""
+    database = contextlib.ExitStack()
+    pg_url = database.enter_context(fresh_database()) if broker == "postgresql" else ""
+    env = Env(tmp_path_factory.mktemp(f"rc-{broker}"), broker=broker, ns=ns, pg_url=pg_url)
     try:
         app = env.app()
         with app.connection_for_write() as conn:
@@ -107,6 +111,7 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         yield cl
     finally:
         env.close()
+        database.close()
         if broker == "redis":
             redis_cleanup(ns)
 
@@ -134,7 +139,7 @@ def test_inspect_stats_registered_active_queues(cluster: Cluster) -> None:
     for host, st in stats.items():
         assert st["pid"] > 0
         assert st["pool"]["max-concurrency"] == 1
-        assert st["broker"]["transport"] == ("sqlite" if cluster.broker == "sqlite" else "redis")
+        assert st["broker"]["transport"] == cluster.broker  # sqlite, postgresql or redis: the URL's scheme
     registered = insp.registered()
     for host in (w1, w2):
         assert {"b.record", "b.sleepy", "b.fail", "b.bcast"} <= set(registered[host])
@@ -166,7 +171,7 @@ def test_inspect_active_reserved_scheduled(cluster: Cluster) -> None:
         assert w1.hostname in scheduled
         scheduled_ids = [s["request"]["id"] for s in scheduled[w1.hostname]]
         assert later in scheduled_ids
-        if cluster.broker == "sqlite":
+        if cluster.broker != "redis":  # queuectl, on either engine
             # This broker keeps an ETA message in the file until it is due (not in the worker's
             # memory); the worker lists it among its scheduled tasks all the same.
             ((state, due),) = env.sql("SELECT state, next_run_at FROM jobs WHERE task_id = ?", (later,))
@@ -191,7 +196,7 @@ def test_revoke_before_delivery(cluster: Cluster) -> None:
     wait_for(lambda: runs_of(env, marker), 30, what="the task queued after the revoked one")
     assert runs_of(env, doomed) == []
     assert doomed in cluster.inspect(w1).revoked()[w1.hostname]
-    if cluster.broker == "sqlite":
+    if cluster.broker != "redis":  # queuectl, on either engine
         # The revoked message was acknowledged, not left behind for a redelivery; it never ran, so
         # its job is dead ("cancelled": dlq retry would run it), not completed.
         assert env.sql("SELECT state, last_error FROM jobs WHERE task_id = ?", (doomed,)) == [("dead", "cancelled")]
@@ -210,7 +215,7 @@ def test_revoke_terminate_kills_a_running_task(cluster: Cluster) -> None:
     wait_for(lambda: not cluster.inspect(w2).active().get(w2.hostname), 30, interval=0.3, what="w2 to be idle again")
     assert runs_of(env, task_id, "end") == []
     assert task_id in cluster.inspect(w2).revoked()[w2.hostname]
-    if cluster.broker == "sqlite":
+    if cluster.broker != "redis":  # queuectl, on either engine
         assert env.sql("SELECT state, last_error FROM jobs WHERE task_id = ?", (task_id,)) == [("dead", "cancelled")]
     # The worker lives on with a new pool process and still runs tasks.
     after = cluster.send("b.record", "after-terminate", queue=f"{cluster.ns}q-w2")
@@ -307,7 +312,7 @@ def test_shutdown(cluster: Cluster) -> None:
     out = wait_for(lambda: _dump_has(cluster.dump.output(), w4.hostname, "shutdown") and cluster.dump.output(),
                    30, interval=0.2, what="w4's worker-offline event in the dump")
     assert _dump_has(out, w4.hostname, "started")
-    if cluster.broker == "sqlite":
+    if cluster.broker != "redis":  # queuectl, on either engine
         # A clean shutdown deletes the worker's exclusive pidbox queue and its broadcast queue.
         queues = {name for (name,) in env.sql("SELECT name FROM queues")}
         assert f"{w4.hostname}.celery.pidbox" not in queues
