@@ -9,21 +9,22 @@ from celery import Celery
 
 import queuectl_kombu  # noqa: F401  (registers the sqlite:// scheme)
 
-from .settings import broker_url, data_dir_db_path, default_db_path
+from .settings import broker_url, data_dir_db_path, default_db_path, normalize_db
 
 
 def make_app(db_path: str | None = None) -> Celery:
-    """A Celery app whose broker and result backend are the queuectl database at `db_path`.
+    """A Celery app whose broker and result backend are the queuectl database at `db_path` (a
+    file path or a postgresql:// URL).
 
     Without `db_path`: QUEUECTL_DB, else the per-user data file, whose directory is made when
     the app is finalized (a directory named explicitly must exist: a typo is an error).
     """
-    path = os.path.abspath(os.path.expanduser(db_path)) if db_path else default_db_path()
+    path = normalize_db(db_path) if db_path else default_db_path()
     url = broker_url(path)
     celery_app = Celery("queuectl", include=["queuectl.tasks"])
     celery_app.conf.update(
         broker_url=url,
-        result_backend=url,  # the entry point `sqlite` of queuectl_kombu.backend
+        result_backend=url,  # the entry points `sqlite` and `postgresql` of queuectl_kombu.backend
         broker_connection_retry_on_startup=True,
         # What broker-side retries need: ack after the run, reject (not ack) a failure so the
         # broker applies max_retries and backoff, requeue when a worker process is lost.

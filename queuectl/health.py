@@ -63,7 +63,7 @@ def check_health(
     unless `workers_ok_missing`). A file that does not exist is reported,
     never created; one that cannot be opened or read ends the checks there."""
     path = store.path
-    if not os.path.exists(path):
+    if store.db.engine == "sqlite" and not os.path.exists(path):
         return HealthReport(False, [f"database {path} does not exist"], database=path)
     moved = store.db.moved(now=True)
     if moved:  # a long-lived caller (the dashboard) would go on reading the file it opened

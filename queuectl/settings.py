@@ -1,8 +1,17 @@
-"""Where the queuectl database lives: QUEUECTL_DB, else a per-user data directory."""
+"""Where the queuectl database lives: QUEUECTL_DB (a file path or a postgresql:// URL), else a
+per-user data directory."""
 
 from __future__ import annotations
 
 import os
+
+from queuectl_kombu import is_postgres_url
+
+
+def normalize_db(target: str) -> str:
+    """A database as the CLI and the app keep it: a postgresql:// URL as it is, a file path
+    made absolute."""
+    return target if is_postgres_url(target) else os.path.abspath(os.path.expanduser(target))
 
 
 def data_dir_db_path() -> str:
@@ -15,10 +24,11 @@ def default_db_path() -> str:
     """The database the CLI and the workers share unless QUEUECTL_DB names another."""
     explicit = os.environ.get("QUEUECTL_DB")
     if explicit:
-        return os.path.abspath(os.path.expanduser(explicit))
+        return normalize_db(explicit)
     return data_dir_db_path()
 
 
 def broker_url(path: str) -> str:
-    """The sqlite:// URL of an absolute database path (sqlite:////abs/path.db)."""
-    return "sqlite:///" + os.path.abspath(path)
+    """The broker and result backend URL of a database: sqlite:////abs/path.db for a file, a
+    postgresql:// URL as it is."""
+    return path if is_postgres_url(path) else "sqlite:///" + os.path.abspath(path)

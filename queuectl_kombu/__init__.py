@@ -13,6 +13,8 @@ from __future__ import annotations
 from kombu.transport import TRANSPORT_ALIASES
 
 from .paths import check_path, url_path
+from .postgres import is_postgres_url
+from .postgres import mask as mask_url
 from .cancel import (
     OUTCOME_CANCELLED,
     OUTCOME_FINISHED,
@@ -89,6 +91,8 @@ __all__ = [
     "cancel_matching",
     "check_path",
     "is_control_queue",
+    "is_postgres_url",
+    "mask_url",
     "message_rows",
     "normalize_key",
     "parse_eta",

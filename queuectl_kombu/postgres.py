@@ -258,7 +258,7 @@ def _connect(tgt: Target, **kwargs: Any) -> Any:
     try:
         raw = psycopg.connect(tgt.url, connect_timeout=CONNECT_TIMEOUT, **kwargs)
     except psycopg.Error as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        reason = " ".join((str(exc).strip().splitlines() or [type(exc).__name__])[0].split())
         raise DatabaseUnreachable(f"cannot connect to {tgt.display}: {reason}") from None
     _open_connections.add(raw)
     return raw

@@ -102,9 +102,9 @@ def _configure_logging(verbose: int) -> None:
 
 @click.group(cls=QueuectlGroup, epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "--db", "db_path", metavar="PATH", type=click.Path(dir_okay=False),
-    help="The queuectl database [env: QUEUECTL_DB; default: ~/.local/share/queuectl/queuectl.db]. "
-    "Workers started here use the same file.",
+    "--db", "db_path", metavar="PATH|URL",
+    help="The queuectl database: a SQLite file, or postgresql://user:password@host:5432/dbname "
+    "[env: QUEUECTL_DB; default: ~/.local/share/queuectl/queuectl.db]. Workers started here use the same.",
 )
 @click.option("-v", "--verbose", count=True, help="Show progress logs; tracebacks with errors (-vv: debug).")
 @click.version_option(package_name="queuectl")

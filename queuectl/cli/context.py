@@ -8,22 +8,30 @@ from typing import Any
 import click
 from celery import Celery
 
-from queuectl_kombu import JobStore, check_path
+from queuectl_kombu import JobStore, check_path, is_postgres_url, mask_url
 
-from ..settings import data_dir_db_path
+from ..settings import data_dir_db_path, normalize_db
 
 
 class CliState:
     """The database this invocation works on; opens the store and the Celery app on first use."""
 
     def __init__(self, db_path: str, verbose: int = 0) -> None:
-        self.db_path = os.path.abspath(os.path.expanduser(db_path))
+        #: a file path (absolute) or a postgresql:// URL
+        self.db_path = normalize_db(db_path)
+        #: the database as messages show it (a URL's password masked)
+        self.db_name = mask_url(self.db_path) if is_postgres_url(self.db_path) else self.db_path
         self.verbose = verbose
         self._store: JobStore | None = None
         self._app: Celery | None = None
 
     def exists(self) -> bool:
-        """Whether the database file exists (raises DatabaseUnusable if its place is unusable)."""
+        """Whether the database file exists (raises DatabaseUnusable if its place is unusable);
+        PostgreSQL: whether the server answers with the schema (DatabaseUnusable if it does not
+        answer: an unreachable server is not an empty queue)."""
+        if is_postgres_url(self.db_path):
+            self.jobstore()  # creates the schema on first use, as a first write makes a file
+            return True
         if os.path.exists(self.db_path):
             return True
         if self.is_default() and not os.path.isdir(os.path.dirname(self.db_path)):

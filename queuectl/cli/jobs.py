@@ -46,7 +46,7 @@ def status(fmt: str, ask_workers: bool, timeout: float) -> None:
     workers = live_workers(cli_state.celery(), timeout) if ask_workers and store is not None else []
     now = time.time()
     data: dict[str, Any] = {
-        "database": cli_state.db_path,
+        "database": cli_state.db_name,
         "jobs": totals,
         "queues": per_queue,
         "paused_queues": paused,
@@ -59,7 +59,7 @@ def status(fmt: str, ask_workers: bool, timeout: float) -> None:
     if fmt == "json":
         click.echo(json_text(data))
         return
-    click.echo(f"database: {cli_state.db_path}\n")
+    click.echo(f"database: {cli_state.db_name}\n")
     click.echo(table([{"state": s, "jobs": n} for s, n in totals.items()], ("state", "jobs")))
     if per_queue:
         rows = [{"queue": f"{q} (paused)" if q in paused else q, **counts} for q, counts in per_queue.items()]

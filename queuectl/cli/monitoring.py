@@ -30,7 +30,7 @@ def metrics(ask_workers: bool, timeout: float) -> None:
     cli_state = state()
     store = cli_state.existing_jobstore()
     if store is None:
-        raise DatabaseUnusable(f"database {cli_state.db_path} does not exist")
+        raise DatabaseUnusable(f"database {cli_state.db_name} does not exist")
     app = cli_state.celery() if ask_workers else None
     click.echo(render_metrics(store, app, workers_timeout=timeout).decode("utf-8"), nl=False)
 

@@ -11,6 +11,8 @@ import uuid
 
 import click
 
+from queuectl_kombu import is_postgres_url
+
 from ..workers import answering
 from .context import CliState, state
 from .options import timeout_option
@@ -39,7 +41,10 @@ def _parse_queues(ctx: click.Context, param: click.Parameter, value: str | None)
 
 
 def default_log_file(db_path: str) -> str:
-    """Where a detached worker writes its log: beside the database."""
+    """Where a detached worker writes its log: beside the database file; for a PostgreSQL
+    database, queuectl-worker.log in the current directory."""
+    if is_postgres_url(db_path):
+        return os.path.abspath("queuectl-worker.log")
     return os.path.splitext(db_path)[0] + ".worker.log"
 
 
