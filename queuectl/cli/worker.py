@@ -13,6 +13,7 @@ import click
 
 from queuectl_kombu import is_postgres_url
 
+from ..settings import data_dir_db_path
 from ..workers import answering
 from .context import CliState, state
 from .options import timeout_option
@@ -42,9 +43,11 @@ def _parse_queues(ctx: click.Context, param: click.Parameter, value: str | None)
 
 def default_log_file(db_path: str) -> str:
     """Where a detached worker writes its log: beside the database file; for a PostgreSQL
-    database, queuectl-worker.log in the current directory."""
+    database, worker.log in the per-user data directory (~/.local/share/queuectl/)."""
     if is_postgres_url(db_path):
-        return os.path.abspath("queuectl-worker.log")
+        directory = os.path.dirname(data_dir_db_path())
+        os.makedirs(directory, exist_ok=True)
+        return os.path.join(directory, "worker.log")
     return os.path.splitext(db_path)[0] + ".worker.log"
 
 

@@ -1,14 +1,18 @@
 """The reference scenario, end to end through the `queuectl` command only (subprocesses, a real
 detached worker pool, real signals): success, retries with backoff into the DLQ, dlq retry, and a
-graceful stop that lets a running job finish."""
+graceful stop that lets a running job finish. On a SQLite file, then on a PostgreSQL database
+(QUEUECTL_DB a postgresql:// URL: every command, the worker pool and its remote stop)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
+
+import pytest
 
 from queuectl.cli.remote import pid_running
 
@@ -35,7 +39,17 @@ def runs(log: Path) -> list[float]:
     return [float(line) for line in log.read_text().split()] if log.exists() else []
 
 
-def test_reference_scenario(procs: Processes, tmp_path: Path) -> None:
+@pytest.fixture
+def cli_env(tmp_path: Path, db: Path, engine: str, request: pytest.FixtureRequest,
+            monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """QUEUECTL_DB: this test's file, or a PostgreSQL database of its own."""
+    target = str(db) if engine == "sqlite" else str(request.getfixturevalue("pg_url"))
+    monkeypatch.setenv("QUEUECTL_DB", target)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    return dict(os.environ, QUEUECTL_DB=target, XDG_DATA_HOME=str(tmp_path / "xdg"), PYTHONUNBUFFERED="1")
+
+
+def test_reference_scenario(procs: Processes, tmp_path: Path, engine: str) -> None:
     def ok(*args: str) -> str:
         proc = procs.run(*args)
         assert proc.returncode == 0, f"queuectl {' '.join(args)} failed: {proc.stderr}"
@@ -97,7 +111,8 @@ def test_reference_scenario(procs: Processes, tmp_path: Path) -> None:
     assert ok("enqueue", "--id", "long2", "--command", command) == "long2\n"
     wait_for(lambda: start.exists() and start.read_text(), 30, what="job long2 to start")
     assert state_of("long2")["state"] == "processing"
-    worker_log = tmp_path / "queue.worker.log"
+    # beside the file; for a PostgreSQL database, in the per-user data directory
+    worker_log = tmp_path / ("queue.worker.log" if engine == "sqlite" else "xdg/queuectl/worker.log")
     stop_called = time.time()
     stopping = subprocess.Popen([procs.exe, "worker", "stop", "--timeout", "60"], env=procs.env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
