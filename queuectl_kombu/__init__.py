@@ -26,7 +26,9 @@ from .cancel import (
 )
 from .exceptions import (
     DatabaseLocked,
+    ConstraintViolated,
     DatabaseMoved,
+    DatabaseUnreachable,
     DatabaseUnusable,
     DuplicateJob,
     InvalidConfig,
@@ -57,7 +59,9 @@ __all__ = [
     "Cancellation",
     "DEFAULTS",
     "DatabaseLocked",
+    "ConstraintViolated",
     "DatabaseMoved",
+    "DatabaseUnreachable",
     "DatabaseUnusable",
     "DuplicateJob",
     "InvalidConfig",

@@ -1,0 +1,142 @@
+"""What only a database server can do to a worker: its connections cut by the server
+(pg_terminate_backend), the server unreachable while a client publishes, and a worker SIGKILLed
+while other processes go on against the same database. Real workers, a real PostgreSQL database
+of each test's own."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from celery.exceptions import OperationalError
+from kombu import Connection
+
+import queuectl_kombu  # noqa: F401  (the postgresql:// scheme)
+from queuectl_kombu import DatabaseUnreachable, JobStore
+from tests.support.peers import free_port
+from tests.support.waiting import wait_for
+
+from .kit import Env, wait_answering
+
+
+@pytest.fixture
+def pg_env(tmp_path: Path, pg_url: str) -> Iterator[Env]:
+    """A broker on a PostgreSQL database of this test's own; its processes stopped after."""
+    e = Env(tmp_path, broker="postgresql", pg_url=pg_url)
+    yield e
+    e.close()
+
+
+def terminate_sessions(url: str) -> int:
+    """End every other session on the database, as a DBA or a failover would; how many."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchall()
+    return len(rows)
+
+
+def test_a_worker_whose_connections_are_cut_reconnects_and_loses_nothing(pg_env: Env) -> None:
+    worker = pg_env.worker("w1", pool=("-P", "prefork", "-c", "2"))
+    app = pg_env.app()
+    wait_answering(worker, app)
+    before = [app.send_task("b.record", args=(f"before-{i}",)).id for i in range(20)]
+    wait_for(lambda: {r.task_id for r in pg_env.runs("run")} >= set(before), 60, what="the first tasks to run")
+
+    assert terminate_sessions(pg_env.url) > 0
+    after = [app.send_task("b.record", args=(f"after-{i}",)).id for i in range(50)]
+    wait_for(lambda: {r.task_id for r in pg_env.runs("run")} >= set(after), 60, interval=0.1,
+             what="the tasks published after the cut to run", on_fail=worker.tail)
+
+    runs = Counter(r.task_id for r in pg_env.runs("run"))
+    assert {t: n for t, n in runs.items() if n > 1} == {}  # nothing was in flight: each ran once
+    assert set(runs) == set(before) | set(after)
+    assert pg_env.sql("SELECT state, COUNT(*) FROM jobs WHERE queue = 'celery' GROUP BY state") == [("completed", 70)]
+    assert "reconnecting" in worker.output() or "Connection to broker lost" in worker.output()
+    wait_answering(worker, app)  # its remote control came back too
+
+
+@contextlib.contextmanager
+def proxy(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """A TCP relay 127.0.0.1:port -> the test server (socat), stopped by its process group."""
+    relay = subprocess.Popen(
+        ["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork", "TCP:127.0.0.1:5432"],
+        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def listening() -> bool:
+            with contextlib.closing(socket.socket()) as probe:
+                return probe.connect_ex(("127.0.0.1", port)) == 0
+        wait_for(listening, 10, what="socat to listen")
+        yield relay
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(relay.pid, signal.SIGKILL)
+        relay.wait(10)
+
+
+def test_a_publish_while_the_server_is_unreachable_fails_loudly_then_goes_through(pg_url: str) -> None:
+    """The server goes away between two publishes (the relay to it is killed): the publish raises
+    a connection error naming the server once kombu's retries are spent, and is not in the
+    database; once the server is back the same connection publishes again. Nothing is dropped
+    in silence."""
+    if not shutil.which("socat"):
+        pytest.skip("socat is not installed (the relay that plays the outage)")
+    port = free_port()
+    url = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{port}")
+    with Connection(url) as conn:
+        with proxy(port):
+            queue = conn.SimpleQueue("outage")
+            queue.put("first")
+        # the relay is gone: every connection to the server through it is cut
+        with pytest.raises((OperationalError, DatabaseUnreachable, psycopg.OperationalError)) as failed:
+            producer = conn.Producer()
+            publish = conn.ensure(producer, producer.publish, max_retries=2, interval_start=0.1, interval_step=0.1)
+            publish("lost?", routing_key="outage", exchange="")
+        assert f"127.0.0.1:{port}" in str(failed.value) or "connection" in str(failed.value).lower()
+        with proxy(port):
+            producer = conn.Producer()
+            publish = conn.ensure(producer, producer.publish, max_retries=5, interval_start=0.1, interval_step=0.2)
+            publish("second", routing_key="outage", exchange="")
+    assert len(JobStore(pg_url).list_jobs()) == 2  # the failed publish left no row
+    with Connection(pg_url) as conn:
+        queue = conn.SimpleQueue("outage")
+        got = [queue.get(timeout=10) for _ in range(2)]
+        assert [m.payload for m in got] == ["first", "second"]
+        for m in got:
+            m.ack()
+
+
+def test_a_sigkilled_worker_s_tasks_run_on_another_after_the_lease(pg_env: Env) -> None:
+    """acks_late tasks held by a worker killed with SIGKILL come back to a live worker once their
+    lease runs out (2 s here), each counted as a second attempt; none is lost."""
+    pg_env.conf = {"task_acks_late": True, "worker_prefetch_multiplier": 1,
+                   "broker_transport_options": {"visibility_timeout": 2.0}}
+    victim = pg_env.worker("victim", pool=("-P", "prefork", "-c", "2"))
+    app = pg_env.app()
+    wait_answering(victim, app)
+    tags = [f"long-{uuid.uuid4().hex[:6]}-{i}" for i in range(2)]
+    ids = [app.send_task("b.sleepy", args=(tag, 30.0)).id for tag in tags]
+    wait_for(lambda: {r.task_id for r in pg_env.runs("start")} >= set(ids), 60, what="both tasks to start")
+    victim.kill_group()
+    survivor = pg_env.worker("survivor", pool=("-P", "prefork", "-c", "2"))
+    wait_answering(survivor, app)
+    # the survivor recovers the expired leases and runs both again (they sleep 30 s: only the start is awaited)
+    started = time.monotonic()
+    wait_for(lambda: Counter(r.task_id for r in pg_env.runs("start")) == Counter({i: 2 for i in ids}), 60,
+             interval=0.1, what="both tasks to start again on the survivor", on_fail=survivor.tail)
+    assert time.monotonic() - started < 30
+    rows = pg_env.sql("SELECT task_id, state, attempts, last_error FROM jobs WHERE task_name = 'b.sleepy' ORDER BY id")
+    assert [(t, s, a) for t, s, a, _ in rows] == [(i, "processing", 2) for i in ids]
+    # recovered by a housekeeper (the survivor's or the test's client's), which says whose lease ran out
+    assert all(e.startswith("lease of ") and e.endswith(" expired") for *_, e in rows), rows
