@@ -375,8 +375,9 @@ class Database:
         conn: Connection | None = getattr(self._local, "conn", None)
         if conn is not None and conn.usable:
             return conn
-        if conn is not None:
+        if conn is not None:  # said once per lost connection: the next tries raise DatabaseUnreachable
             logger.warning("reconnecting to %s (the connection was lost)", self.path)
+            self._local.conn = None
             conn.close()
         return self._connect()
 
@@ -418,6 +419,11 @@ class Database:
             ids.append(int(cursor.fetchone()[0]))
             if not cursor.nextset():
                 return ids
+
+    def serialize(self, conn: Connection, name: str) -> None:
+        """Make the open write transactions that name `name` run one after another (a check,
+        then a write that depends on it): a transaction-scoped advisory lock."""
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(:name))", {"name": f"queuectl {self.target.schema} {name}"})
 
     def close(self) -> None:
         """Close this thread's connection (only this thread's; one inside a transaction stays)."""

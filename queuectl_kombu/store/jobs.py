@@ -120,6 +120,7 @@ class JobChanges(ConfigStore):
                     f"not {job.max_retries!r}"
                 )
         if unique_task_ids:
+            self.db.serialize(conn, "unique task ids")  # two publishers of one id: one wins
             self._check_new_task_ids(conn, [job.task_id for job in jobs if job.task_id is not None], seen)
         if len(jobs) == 1:
             job_id = int(conn.execute(Q["insert_job"], _insert_params(jobs[0], now)).fetchone()[0])

@@ -390,3 +390,33 @@ def test_housekeeping_reads_only_what_it_changes(store: JobStore, clock, backlog
     grow(20_000)
     large = _vm_steps(store, housekeeping)
     assert large <= small + 5, (small, large)  # a scan of 20,000 rows is thousands of hundreds
+
+
+def test_unique_task_ids_hold_between_concurrent_publishers(db_target: str) -> None:
+    """Two processes' publishes of the same id at once (threads with their own connections
+    here): one wins, the other gets DuplicateJob; never two rows (PostgreSQL takes an advisory
+    lock for the check, SQLite's write lock covers it)."""
+    import threading
+
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def publish_one() -> None:
+        store = JobStore(db_target)
+        barrier.wait()
+        try:
+            store.publish_many([NewJob(queue="q", payload="{}", task_id="same")], unique_task_ids=True)
+            outcomes.append("published")
+        except DuplicateJob:
+            outcomes.append("duplicate")
+        finally:
+            store.close()
+
+    JobStore(db_target).open()  # the schema, made once before the race
+    threads = [threading.Thread(target=publish_one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(outcomes) == ["duplicate"] * 7 + ["published"]
+    assert [j.task_id for j in JobStore(db_target).list_jobs()] == ["same"]
