@@ -404,11 +404,21 @@ class Database:
         """A write transaction (a savepoint inside another of this thread), which notifies the
         schema's channel as it commits: every waiting worker and result looks again."""
         conn = self.connection()
-        outer = not conn.in_transaction
-        with conn.errors(), conn.raw.transaction():
-            yield conn
-            if outer:
-                conn.raw.execute(f'NOTIFY "{self.target.channel}"')
+        if conn.in_transaction:
+            with conn.errors(), conn.raw.transaction():  # a savepoint
+                yield conn
+            return
+        with conn.errors():
+            conn.raw.execute("BEGIN")
+            try:
+                yield conn
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    conn.raw.execute("ROLLBACK")
+                raise
+            # one round trip for both (simple query protocol): a publish is BEGIN, its
+            # statements, and this
+            conn.raw.execute(f'NOTIFY "{self.target.channel}"; COMMIT')
 
     def insert_rows(self, conn: Connection, statement: str, rows: list[tuple[object, ...]]) -> list[int]:
         """Insert `rows` with one executemany of `statement` (it returns each row's id); their
