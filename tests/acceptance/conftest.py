@@ -213,6 +213,8 @@ def reaper():
 @pytest.fixture
 def harness(tmp_path: Path, request: pytest.FixtureRequest, reaper: Reaper):
     h = Harness(tmp_path, request)
+    if "engine" in request.fixturenames and request.getfixturevalue("engine") == "postgresql":
+        h.db = request.getfixturevalue("pg_url")  # type: ignore[assignment]  (a URL, not a Path)
     yield h
     failed = getattr(request.node, "rep_call", None)
     if failed is not None and failed.failed:

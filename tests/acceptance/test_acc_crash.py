@@ -125,7 +125,8 @@ def test_sigkill_mid_task_ten_rounds_nothing_lost(harness):
         "after the kill" for r in sorted(results, key=lambda r: r["tag"])))
 
 
-def test_sigterm_hands_back_prefetched_messages_at_once(harness):
+def test_sigterm_hands_back_prefetched_messages_at_once(harness, engine):
+    """On a SQLite file, then on a PostgreSQL database (the harness reads `engine`)."""
     harness.conf = {
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
@@ -168,7 +169,8 @@ def test_sigterm_hands_back_prefetched_messages_at_once(harness):
     assert starts == {t: 1 for t in ids}, "each task ran exactly once"
 
 
-def test_task_longer_than_lease_not_delivered_twice(harness):
+def test_task_longer_than_lease_not_delivered_twice(harness, engine):
+    """On both engines (the harness reads `engine`)."""
     harness.conf = {
         "task_acks_late": True,
         "worker_prefetch_multiplier": 1,

@@ -2,7 +2,7 @@
 qapp_noimport must reach the transport only through ``broker_transport``.
 
 Environment (set by the test harness for each worker / producer process):
-  QTEST_DB       absolute path of the SQLite broker file
+  QTEST_DB       absolute path of the SQLite broker file, or a postgresql:// URL
   QTEST_EXECLOG  execution log: one line per task event, written with O_APPEND
   QTEST_CONF     JSON object merged into app.conf (transport options, acks_late, ...)
   QTEST_QUIET    if set, per-message INFO lines (queuectl_kombu, celery task trace) are dropped
@@ -40,7 +40,9 @@ def conf_from_env() -> dict:
 
 
 def broker_url() -> str:
-    return "sqlite:///" + os.path.abspath(os.environ["QTEST_DB"])
+    """QTEST_DB as a broker URL: a postgresql:// URL as it is, a file path as sqlite:///path."""
+    db = os.environ["QTEST_DB"]
+    return db if db.startswith("postgresql://") else "sqlite:///" + os.path.abspath(db)
 
 
 def setup_logging() -> None:
