@@ -122,6 +122,26 @@ _DIGITS = re.compile(r"\d+")
 _BYTEA_VALUE = ("result_set", "result_store_task")
 
 
+def _scalar_min_max(text: str) -> str:
+    """SQLite's MIN(a, b) and MAX(a, b) of two or more values as LEAST and GREATEST (the
+    aggregates, of one value, stay)."""
+    out: list[str] = []
+    i = 0
+    for match in re.finditer(r"\b(MIN|MAX)\(", text):
+        start = match.end()
+        depth, j, top_comma = 1, start, False
+        while depth:
+            c = text[j]
+            depth += (c == "(") - (c == ")")
+            top_comma |= c == "," and depth == 1
+            j += 1
+        if top_comma:
+            out.append(text[i:match.start()] + ("LEAST(" if match.group(1) == "MIN" else "GREATEST("))
+            i = start
+    out.append(text[i:])
+    return "".join(out)
+
+
 def _json_in(match: re.Match[str]) -> str:
     column, param = match.group(1), match.group(2)
     cast = "::bigint" if column == "id" else ""
@@ -129,9 +149,11 @@ def _json_in(match: re.Match[str]) -> str:
 
 
 def translate(statement: str) -> str:
-    """A statement of sql/*.sql (SQLite's dialect) in PostgreSQL's, with psycopg's placeholders:
+    """A statement of sql/*.sql (SQLite's dialect) in PostgreSQL's (LIKE ignoring case as
+    SQLite's does, scalar MIN/MAX as LEAST/GREATEST, no INDEXED BY), with psycopg's placeholders:
     :name becomes %(name)s, ?N and ? become %(_N)s (see _params), and a literal % is doubled."""
     text = _JSON_IN.sub(_json_in, _INDEXED_BY.sub("", statement)).replace("char(", "chr(")
+    text = _scalar_min_max(text).replace(" LIKE ", " ILIKE ")  # SQLite's LIKE ignores ASCII case
     text = _LIMIT.sub(r"LIMIT CASE WHEN :\1 < 0 THEN NULL ELSE :\1 END", text)
     out: list[str] = []
     i, n, position = 0, len(text), 0
@@ -185,9 +207,21 @@ def _statement(text: str) -> tuple[str, bool]:
     if _DIALECT is None:
         _DIALECT = _dialect()
     found = _DIALECT.get(text)
-    if found is None:  # a statement not in sql/ (the engine's own): translated each time
-        return translate(text), False
+    if found is None:  # a statement not in sql/ (the engine's own, a test's): translated once
+        found = _DIALECT[text] = (translate(text), False)
     return found
+
+
+def schema_script() -> str:
+    """The schema of sql/schema.sql in PostgreSQL's types, then sql/schema_postgresql.sql: the same
+    tables, columns, checks and indexes as SQLite's (ids an identity, integers BIGINT, times
+    DOUBLE PRECISION, results' bytes in a column of their own)."""
+    text = sql.SCHEMA.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY")
+    text = re.sub(r"\bINTEGER\b", "BIGINT", text)
+    text = re.sub(r"\bREAL\b", "DOUBLE PRECISION", text)
+    text = re.sub(r"(\bvalue\s+)BLOB,", r"\1TEXT,\n    blob         BYTEA,", text)
+    text = text.replace(") WITHOUT ROWID;", ");")
+    return sql.read("schema_postgresql.sql") + "\n" + text
 
 
 def _params(params: Any, bytea_value: bool) -> Any:
@@ -341,7 +375,7 @@ def _migrate(conn: Connection, tgt: Target) -> None:
             )
         if version is not None:  # pragma: no cover - no PostgreSQL migration exists yet
             raise DatabaseUnusable(f"{tgt.display}: no migration from schema version {version}")
-        for statement in sql.statements(sql.read("schema_postgresql.sql")):
+        for statement in sql.statements(schema_script()):
             raw.execute(statement)
         raw.execute("INSERT INTO schema_version (version) VALUES (%s)", (sql.SCHEMA_VERSION,))
     logger.info("created the queuectl schema (version %d) in %s", sql.SCHEMA_VERSION, tgt.display)
@@ -423,7 +457,7 @@ class Database:
     def insert_rows(self, conn: Connection, statement: str, rows: list[tuple[object, ...]]) -> list[int]:
         """Insert `rows` with one executemany of `statement` (it returns each row's id); their
         ids in order (not consecutive: other transactions insert at the same time)."""
-        cursor = conn.executemany(statement, rows, returning=True)
+        cursor = conn.executemany(statement + "\nRETURNING id", rows, returning=True)
         ids: list[int] = []
         while True:
             ids.append(int(cursor.fetchone()[0]))

@@ -63,6 +63,4 @@ SQL_TOKENS: dict[str, str] = {
     "CANCELLED": _sql_text(CANCELLED),
     # json_set's path to the revived header of a stored message
     "REVIVED_PATH": _sql_text(f'$.headers."{REVIVED_HEADER}"'),
-    # the same path for PostgreSQL's jsonb_set
-    "REVIVED_PG_PATH": _sql_text("{headers," + REVIVED_HEADER + "}"),
 }

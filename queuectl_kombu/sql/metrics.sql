@@ -20,7 +20,7 @@ SELECT 1 FROM stats WHERE minute > 0 AND minute < :cutoff LIMIT 1
 INSERT INTO stats (minute, queue, event, count)
 SELECT 0, queue, event, SUM(count) FROM stats WHERE minute > 0 AND minute < :cutoff
 GROUP BY queue, event
-ON CONFLICT (minute, queue, event) DO UPDATE SET count = count + excluded.count
+ON CONFLICT (minute, queue, event) DO UPDATE SET count = stats.count + excluded.count
 
 -- name: stats_drop_folded
 DELETE FROM stats WHERE minute > 0 AND minute < :cutoff

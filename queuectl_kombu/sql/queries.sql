@@ -386,7 +386,7 @@ DELETE FROM jobs WHERE state = 'dead' RETURNING id
 -- name: stats_add
 -- Add to a count: (minute, queue, event, how many), positional.
 INSERT INTO stats (minute, queue, event, count) VALUES (?, ?, ?, ?)
-ON CONFLICT (minute, queue, event) DO UPDATE SET count = count + excluded.count
+ON CONFLICT (minute, queue, event) DO UPDATE SET count = stats.count + excluded.count
 
 -- name: stats_since
 -- Counts per minute, queue and event from :minute on, oldest first.

@@ -30,7 +30,7 @@ VALUES (:key, :value, :state, 0, :expires_at, :now)
 ON CONFLICT (key) DO UPDATE
 SET value = excluded.value, state = excluded.state, expires_at = excluded.expires_at,
     updated_at = excluded.updated_at
-WHERE results.state IS NOT 'SUCCESS'
+WHERE results.state IS NULL OR results.state <> 'SUCCESS'
    OR (results.expires_at IS NOT NULL AND results.expires_at <= excluded.updated_at)
 
 -- name: result_delete
@@ -92,7 +92,7 @@ WHERE key IN (:size_key, :extra_key) AND (expires_at IS NULL OR expires_at > :no
 -- name: result_claim_counter
 -- The one part that sends a chord's body: turns the live counter to 'done' only if it was not.
 UPDATE results SET state = 'done', expires_at = :expires_at, updated_at = :now
-WHERE key = :key AND state IS NOT 'done' AND (expires_at IS NULL OR expires_at > :now)
+WHERE key = :key AND (state IS NULL OR state <> 'done') AND (expires_at IS NULL OR expires_at > :now)
 
 -- name: result_expire
 -- A new expiry time for a live key (NULL: keep it until it is deleted).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -420,3 +421,19 @@ def test_unique_task_ids_hold_between_concurrent_publishers(db_target: str) -> N
         t.join(60)
     assert sorted(outcomes) == ["duplicate"] * 7 + ["published"]
     assert [j.task_id for j in JobStore(db_target).list_jobs()] == ["same"]
+
+
+def test_search_finds_task_ids_and_calls_ignoring_case(store: JobStore) -> None:
+    """The dashboard's search: a row id, or text in a task id or in the call Celery's headers
+    show (argsrepr, kwargsrepr), ASCII case ignored, LIKE's wildcards taken literally."""
+    def message(argsrepr: str, kwargsrepr: str = "{}") -> str:
+        return json.dumps({"headers": {"argsrepr": argsrepr, "kwargsrepr": kwargsrepr}, "body": ""})
+
+    first = store.publish_many([NewJob(queue="q", payload=message("('Make Test',)"), task_id="ABC-1")])[0]
+    store.publish_many([NewJob(queue="q", payload=message("()", "{'path': '/tmp/100%_done'}"), task_id="x")])
+    assert [j.task_id for j in store.search_jobs(text="make test")] == ["ABC-1"]
+    assert [j.task_id for j in store.search_jobs(text="abc")] == ["ABC-1"]
+    assert [j.task_id for j in store.search_jobs(text="100%_")] == ["x"]
+    assert [j.task_id for j in store.search_jobs(text="0%d")] == []  # % is not a wildcard here
+    assert [j.id for j in store.search_jobs(text=str(first))][-1] == first  # its row id (and the "1"s)
+    assert [j.task_id for j in store.search_jobs(newest_first=False)] == ["ABC-1", "x"]
