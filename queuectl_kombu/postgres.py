@@ -113,6 +113,8 @@ def mask(url: str, mask: str = "***") -> str:
 # -- the dialect ------------------------------------------------------------------------------
 
 _INDEXED_BY = re.compile(r"\s+INDEXED BY \w+")
+#: The end of a bounded subquery that picks the rows a change applies to: `... LIMIT :limit )`.
+_PICKED_ROWS = re.compile(r"(LIMIT :\w+)(\s*\))")
 #: SQLite takes a negative LIMIT for none; PostgreSQL takes NULL.
 _LIMIT = re.compile(r"LIMIT :(\w+)")
 _JSON_IN = re.compile(r"(\w+) IN \(SELECT value FROM json_each\((:\w+)\)\)")
@@ -154,6 +156,10 @@ def translate(statement: str) -> str:
     :name becomes %(name)s, ?N and ? become %(_N)s (see _params), and a literal % is doubled."""
     text = _JSON_IN.sub(_json_in, _INDEXED_BY.sub("", statement)).replace("char(", "chr(")
     text = _scalar_min_max(text).replace(" LIKE ", " ILIKE ")  # SQLite's LIKE ignores ASCII case
+    if text.lstrip().startswith(("UPDATE", "DELETE")):
+        # the rows a bounded subquery picks for a change (a claim, a prune) are locked as they are
+        # picked, and rows another transaction holds are passed over, never waited for
+        text = _PICKED_ROWS.sub(r"\1 FOR UPDATE SKIP LOCKED\2", text)
     text = _LIMIT.sub(r"LIMIT CASE WHEN :\1 < 0 THEN NULL ELSE :\1 END", text)
     out: list[str] = []
     i, n, position = 0, len(text), 0

@@ -1,34 +1,8 @@
 -- PostgreSQL's own text of the statements of queries.sql and results.sql that mean something
--- else there, by the same names: the claims (SKIP LOCKED), and the results' values (a str in
--- value, bytes in blob). Every other statement is translated as it is (postgres.translate:
--- placeholders, INDEXED BY, char(), scalar MIN and MAX, JSON arrays). Parameters are bound by
--- psycopg (client side).
-
--- name: claim
--- SKIP LOCKED: rows another transaction is claiming are passed over, never waited for, so any
--- number of workers on any number of hosts take disjoint rows.
-UPDATE jobs
-SET state = 'processing', attempts = attempts + 1, deliveries = deliveries + 1, lease_owner = :owner,
-    lease_expires_at = :lease_expires_at, updated_at = :now
-WHERE id IN (
-    SELECT id FROM jobs
-    WHERE {DUE_IN_QUEUE}
-    ORDER BY priority DESC, id
-    LIMIT :limit
-    FOR UPDATE SKIP LOCKED
-)
-RETURNING id, queue, priority, attempts, task_id, payload, deliveries
-
--- name: take
-DELETE FROM jobs
-WHERE id IN (
-    SELECT id FROM jobs
-    WHERE {DUE_IN_QUEUE}
-    ORDER BY priority DESC, id
-    LIMIT :limit
-    FOR UPDATE SKIP LOCKED
-)
-RETURNING id, queue, priority, attempts + 1, task_id, payload, deliveries + 1
+-- else there, by the same names: the results' values (a str in value, bytes in blob). Every
+-- other statement is translated as it is (postgres.translate: placeholders, INDEXED BY, char(),
+-- scalar MIN and MAX, LIKE, JSON arrays, and FOR UPDATE SKIP LOCKED on the rows a claim or a
+-- prune picks). Parameters are bound by psycopg (client side).
 
 -- name: result_get
 SELECT value, blob FROM results

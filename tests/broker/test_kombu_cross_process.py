@@ -320,7 +320,7 @@ def test_child_forked_during_a_write_can_write(env: Env) -> None:
     from queuectl_kombu import JobStore
 
     if env.broker != "sqlite":
-        pytest.skip("SQLite's per-process lock state (PostgreSQL: test_postgres.py forks with connections open)")
+        pytest.skip("SQLite's per-process lock state (PostgreSQL: test_postgresql.py forks with connections open)")
     JobStore(str(env.db)).open()
     out = subprocess.run([sys.executable, "-c", FORK_DURING_WRITE, str(env.db)], capture_output=True, text=True,
                          timeout=60, cwd=str(REPO))

@@ -1,11 +1,12 @@
 """What only a database server can do to a worker: its connections cut by the server
-(pg_terminate_backend), the server unreachable while a client publishes, and a worker SIGKILLed
-while other processes go on against the same database. Real workers, a real PostgreSQL database
+(pg_terminate_backend), the server unreachable while a client publishes, a worker SIGKILLed
+while other processes go on against the same database, and a fork with connections open. Real workers, a real PostgreSQL database
 of each test's own."""
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import psycopg
@@ -23,7 +25,7 @@ from celery.exceptions import OperationalError
 from kombu import Connection
 
 import queuectl_kombu  # noqa: F401  (the postgresql:// scheme)
-from queuectl_kombu import DatabaseUnreachable, JobStore
+from queuectl_kombu import DatabaseUnreachable, JobStore, NewJob
 from tests.support.peers import free_port
 from tests.support.waiting import wait_for
 
@@ -140,3 +142,31 @@ def test_a_sigkilled_worker_s_tasks_run_on_another_after_the_lease(pg_env: Env) 
     assert [(t, s, a) for t, s, a, _ in rows] == [(i, "processing", 2) for i in ids]
     # recovered by a housekeeper (the survivor's or the test's client's), which says whose lease ran out
     assert all(e.startswith("lease of ") and e.endswith(" expired") for *_, e in rows), rows
+
+
+def _publish_in_child(store: JobStore, done: Any) -> None:
+    # the parent's store and connections, inherited: the child opens its own, and its exit
+    # (finalisers and all) must not end the parent's session
+    store.publish_many([NewJob(queue="fork", payload="{}", task_id="child")])
+    from queuectl_kombu import postgres
+    assert postgres._abandoned  # the parent's connection, kept aside
+    for inherited in postgres._abandoned:
+        inherited.close()  # what a finaliser at the child's exit would do: harmless on /dev/null
+    done.set()
+
+
+def test_a_forked_child_never_uses_or_ends_its_parents_connection(pg_url: str) -> None:
+    store = JobStore(pg_url)
+    store.publish_many([NewJob(queue="fork", payload="{}", task_id="parent-1")])
+    session = store.db.connection().execute("SELECT pg_backend_pid()").fetchone()[0]
+    context = multiprocessing.get_context("fork")
+    done = context.Event()
+    child = context.Process(target=_publish_in_child, args=(store, done))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0 and done.is_set()
+    # the same session still serves the parent: the child neither wrote on it nor closed it
+    assert store.db.connection().execute("SELECT pg_backend_pid()").fetchone()[0] == session
+    store.publish_many([NewJob(queue="fork", payload="{}", task_id="parent-2")])
+    assert [j.task_id for j in store.list_jobs()] == ["parent-1", "child", "parent-2"]
+    store.close()
