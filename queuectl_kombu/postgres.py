@@ -312,10 +312,20 @@ class Connection:
         self.raw = raw
         self.target = tgt
         self._errors = _psycopg()
+        #: A write transaction opened whose BEGIN is not sent yet: it goes with its first
+        #: statement, in one round trip ("BEGIN; statement").
+        self.begin_pending = False
 
     @property
     def in_transaction(self) -> bool:
-        return bool(self.raw.info.transaction_status != self._errors.pq.TransactionStatus.IDLE)
+        return self.begin_pending or bool(
+            self.raw.info.transaction_status != self._errors.pq.TransactionStatus.IDLE)
+
+    def begin_now(self) -> None:
+        """Send a pending BEGIN on its own (before a savepoint, or statements sent otherwise)."""
+        if self.begin_pending:
+            self.begin_pending = False
+            self.raw.execute("BEGIN")
 
     @property
     def usable(self) -> bool:
@@ -325,12 +335,18 @@ class Connection:
         text, bytea_value = _statement(statement)
         with self.errors():
             cursor = self.raw.cursor()
-            cursor.execute(text, _params(params, bytea_value))
+            if self.begin_pending:
+                self.begin_pending = False
+                cursor.execute("BEGIN; " + text, _params(params, bytea_value))
+                cursor.nextset()  # the statement's own result, after BEGIN's
+            else:
+                cursor.execute(text, _params(params, bytea_value))
             return cursor
 
     def executemany(self, statement: str, rows: Sequence[Any], *, returning: bool = False) -> Any:
         text, bytea_value = _statement(statement)
         with self.errors():
+            self.begin_now()
             cursor = self.raw.cursor()
             cursor.executemany(text, [_params(row, bytea_value) for row in rows], returning=returning)
             return cursor
@@ -445,19 +461,26 @@ class Database:
         schema's channel as it commits: every waiting worker and result looks again."""
         conn = self.connection()
         if conn.in_transaction:
-            with conn.errors(), conn.raw.transaction():  # a savepoint
-                yield conn
+            with conn.errors():
+                conn.begin_now()
+                with conn.raw.transaction():  # a savepoint
+                    yield conn
             return
         with conn.errors():
-            conn.raw.execute("BEGIN")
+            conn.begin_pending = True  # sent with the first statement
             try:
                 yield conn
             except BaseException:
-                with contextlib.suppress(Exception):
-                    conn.raw.execute("ROLLBACK")
+                if not conn.begin_pending:
+                    with contextlib.suppress(Exception):
+                        conn.raw.execute("ROLLBACK")
+                conn.begin_pending = False
                 raise
-            # one round trip for both (simple query protocol): a publish is BEGIN, its
-            # statements, and this
+            if conn.begin_pending:  # nothing was written: no transaction was ever begun
+                conn.begin_pending = False
+                return
+            # NOTIFY and COMMIT in one round trip: a publish is "BEGIN; INSERT", the count of
+            # what it published, and this
             conn.raw.execute(f'NOTIFY "{self.target.channel}"; COMMIT')
 
     def insert_rows(self, conn: Connection, statement: str, rows: list[tuple[object, ...]]) -> list[int]:
@@ -561,7 +584,7 @@ class Database:
     def drop_schema(self) -> None:
         """Drop the schema with every table of queuectl in it (tests, `queuectl` never does)."""
         with self.write() as conn:
-            conn.raw.execute(f'DROP SCHEMA IF EXISTS "{self.target.schema}" CASCADE')
+            conn.execute(f'DROP SCHEMA IF EXISTS "{self.target.schema}" CASCADE')
         self._ready = False
 
 
