@@ -42,6 +42,11 @@ SCHEMES = ("postgresql://", "postgres://")
 DEFAULT_SCHEMA = "queuectl"
 #: Seconds to wait for the server when connecting.
 CONNECT_TIMEOUT = 10
+#: The server ends a session of ours that sits this long inside a transaction (idle_in_transaction_
+#: session_timeout): queuectl's transactions last milliseconds, so such a session belongs to a
+#: process that died or lost its network mid-transaction, and the rows it holds (a lease, a count)
+#: must not stall every other worker until TCP gives up on it (minutes to hours).
+IDLE_IN_TRANSACTION_TIMEOUT = 30
 #: A key of pg_advisory_xact_lock: held while the schema is created or migrated.
 _SCHEMA_LOCK = 0x71756575  # "queu"
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -226,6 +231,13 @@ def schema_script() -> str:
     text = re.sub(r"\bINTEGER\b", "BIGINT", text)
     text = re.sub(r"\bREAL\b", "DOUBLE PRECISION", text)
     text = re.sub(r"(\bvalue\s+)BLOB,", r"\1TEXT,\n    blob         BYTEA,", text)
+    # the stats rows are counted into by every publish and ack of every process: one row per
+    # (minute, queue, event) would make them all wait for each other's commit (and for a host cut
+    # off inside one), so PostgreSQL keeps a row per shard of sessions (postgresql.sql: stats_add)
+    stats_key = "    PRIMARY KEY (minute, queue, event)\n) WITHOUT ROWID;"
+    if stats_key not in text:
+        raise ValueError("schema.sql: the stats table's key changed; update postgres.schema_script")
+    text = text.replace(stats_key, "    shard   BIGINT  NOT NULL DEFAULT 0,\n    PRIMARY KEY (minute, queue, event, shard)\n);")
     text = text.replace(") WITHOUT ROWID;", ");")
     return sql.read("schema_postgresql.sql") + "\n" + text
 
@@ -448,7 +460,8 @@ class Database:
                     _migrate(conn, self.target)
                     self._ready = True
             with conn.errors():
-                raw.execute(f'SET search_path TO "{self.target.schema}"')
+                raw.execute(f'SET search_path TO "{self.target.schema}"; '
+                            f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}s'")
         except BaseException:
             conn.close()
             raise

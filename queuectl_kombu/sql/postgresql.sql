@@ -1,5 +1,6 @@
 -- PostgreSQL's own text of the statements of queries.sql and results.sql that mean something
--- else there, by the same names: the results' values (a str in value, bytes in blob). Every
+-- else there, by the same names: the results' values (a str in value, bytes in blob), and the
+-- stats counted into a row per shard of sessions (backend pid % 16, see schema_script). Every
 -- other statement is translated as it is (postgres.translate: placeholders, INDEXED BY, char(),
 -- scalar MIN and MAX, LIKE, JSON arrays, and FOR UPDATE SKIP LOCKED on the rows a claim or a
 -- prune picks). Parameters are bound by psycopg (client side).
@@ -29,3 +30,13 @@ SET value = excluded.value, blob = excluded.blob, state = excluded.state, expire
     updated_at = excluded.updated_at
 WHERE results.state IS DISTINCT FROM 'SUCCESS'
    OR (results.expires_at IS NOT NULL AND results.expires_at <= excluded.updated_at)
+
+-- name: stats_add
+INSERT INTO stats (minute, queue, event, count, shard) VALUES (?, ?, ?, ?, pg_backend_pid() % 16)
+ON CONFLICT (minute, queue, event, shard) DO UPDATE SET count = stats.count + excluded.count
+
+-- name: stats_fold
+INSERT INTO stats (minute, queue, event, count, shard)
+SELECT 0, queue, event, SUM(count), 0 FROM stats WHERE minute > 0 AND minute < :cutoff
+GROUP BY queue, event
+ON CONFLICT (minute, queue, event, shard) DO UPDATE SET count = stats.count + excluded.count

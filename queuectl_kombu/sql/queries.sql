@@ -152,8 +152,14 @@ UPDATE jobs SET last_error = :error
 WHERE task_id = :task_id AND state = 'processing'
 
 -- name: renew_leases
+-- The rows are picked by a subquery (:limit -1: all of them) so that PostgreSQL passes over the
+-- rows an ack of the same owner is completing right now (SKIP LOCKED) instead of waiting for them
+-- in another order (a deadlock).
 UPDATE jobs SET lease_expires_at = :lease_expires_at
-WHERE state = 'processing' AND lease_owner = :owner
+WHERE id IN (
+    SELECT id FROM jobs WHERE state = 'processing' AND lease_owner = :owner
+    LIMIT :limit
+)
 
 -- name: has_expired_leases
 SELECT 1 FROM jobs WHERE state = 'processing' AND lease_expires_at < :now LIMIT 1
@@ -164,7 +170,12 @@ SET state = CASE WHEN attempts >= 1 + COALESCE(max_retries, :max_retries) THEN '
     next_run_at = :now,
     last_error = 'lease of ' || COALESCE(lease_owner, '?') || ' expired',
     lease_owner = NULL, lease_expires_at = NULL, updated_at = :now
-WHERE state = 'processing' AND lease_expires_at < :now
+WHERE id IN (
+    -- at most :limit a round; PostgreSQL passes over rows an ack holds (SKIP LOCKED): a late ack
+    -- of a live owner wins, and a session that died inside its ack never stalls the recovery
+    SELECT id FROM jobs WHERE state = 'processing' AND lease_expires_at < :now
+    LIMIT :limit
+)
 RETURNING id, task_id, state, attempts, queue
 
 -- name: prune_completed
@@ -389,8 +400,10 @@ INSERT INTO stats (minute, queue, event, count) VALUES (?, ?, ?, ?)
 ON CONFLICT (minute, queue, event) DO UPDATE SET count = stats.count + excluded.count
 
 -- name: stats_since
--- Counts per minute, queue and event from :minute on, oldest first.
-SELECT minute, queue, event, count FROM stats WHERE minute >= :minute ORDER BY minute, queue, event
+-- Counts per minute, queue and event from :minute on, oldest first (summed: PostgreSQL keeps a
+-- row per shard of writers, see postgres.schema_script).
+SELECT minute, queue, event, SUM(count) FROM stats WHERE minute >= :minute
+GROUP BY minute, queue, event ORDER BY minute, queue, event
 
 -- name: stats_totals
 -- Every count ever kept, per queue and event (what the metrics' counters report).

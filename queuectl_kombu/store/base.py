@@ -55,7 +55,8 @@ class StoreBase:
         for queue in queues:
             counts[queue] = counts.get(queue, 0) + 1
         minute = int(self.clock() // 60)
-        rows = [(minute, queue, event, n) for queue, n in counts.items() if not is_control_queue(queue)]
+        # in queue order: transactions lock the rows they count in one order (PostgreSQL: no deadlock)
+        rows = [(minute, queue, event, n) for queue, n in sorted(counts.items()) if not is_control_queue(queue)]
         if len(rows) == 1:
             conn.execute(Q["stats_add"], rows[0])
         elif rows:

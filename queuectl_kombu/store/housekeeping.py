@@ -16,6 +16,9 @@ logger = logging.getLogger("queuectl_kombu.store")
 STATS_KEEP = 7 * 24 * 3600.0
 
 
+#: Expired leases recovered per transaction (the rest in the next rounds, a second apart).
+RECOVER_BATCH = 1000
+
 class Housekeeping(ConfigStore):
     """What a worker's housekeeper runs now and then (queuectl_kombu/housekeeper.py)."""
 
@@ -23,7 +26,7 @@ class Housekeeping(ConfigStore):
         """Extend every lease `owner` holds; returns how many."""
         with self.db.write() as conn:
             n = conn.execute(
-                Q["renew_leases"], {"owner": owner, "lease_expires_at": self.clock() + lease_seconds}
+                Q["renew_leases"], {"owner": owner, "lease_expires_at": self.clock() + lease_seconds, "limit": -1}
             ).rowcount
         return n
 
@@ -38,7 +41,7 @@ class Housekeeping(ConfigStore):
             max_retries = self.settings(fresh=True)["max_retries"]
         with self.db.write() as conn:
             rows = conn.execute(
-                Q["recover_expired_leases"], {"now": now, "max_retries": max_retries}
+                Q["recover_expired_leases"], {"now": now, "max_retries": max_retries, "limit": RECOVER_BATCH}
             ).fetchall()
             self._tally(conn, "recovered", (r[4] for r in rows))
             self._tally(conn, "dead", (r[4] for r in rows if r[2] == JobState.DEAD.value))
