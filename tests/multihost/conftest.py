@@ -160,13 +160,15 @@ class PgServer:
                 "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
                 "max_connections = 200\n"
                 # A host whose link is cut leaves its sessions open on the server. One cut in the
-                # middle of a transaction would keep its row locks (a stats or queues row that
-                # every worker writes, the jobs of an ack) until the kernel gives up on the
-                # peer: two hours of keepalive by default, or some 15 minutes of retransmissions
-                # when the server's last reply was not acknowledged. Here the server drops a
-                # silent client after about 2 s, as a deployment that expects partitions would.
+                # middle of a transaction keeps its row locks until the server gives up on the
+                # peer: some 15 minutes of retransmissions with the kernel's defaults (2 hours of
+                # keepalive when its last reply was acknowledged). An ack cut after its stats
+                # upsert then stops every other worker's acks on that row, and their lease
+                # renewals behind them (seen with the defaults: nothing completed for as long as
+                # it was watched). Here the server drops a silent client after 1 to 2 s, well
+                # within the 5 s leases, as a deployment that expects partitions would.
                 "tcp_keepalives_idle = 1\ntcp_keepalives_interval = 1\ntcp_keepalives_count = 1\n"
-                "tcp_user_timeout = 2000\n"
+                "tcp_user_timeout = 1000\n"
                 # The server log says when the cut host's sessions end, and who waited on a lock.
                 "log_connections = on\nlog_disconnections = on\n"
                 "log_lock_waits = on\ndeadlock_timeout = '200ms'\n"
@@ -187,11 +189,6 @@ class PgServer:
         import psycopg
 
         return psycopg.connect(self.url(database), autocommit=True, connect_timeout=10)
-
-    def query(self, database: str, statement: str, params: Any = ()) -> list[tuple[Any, ...]]:
-        """The rows of one statement, on a connection of its own."""
-        with self.connect(database) as conn:
-            return conn.execute(statement, params).fetchall()
 
     def stop(self) -> None:
         """pg_ctl stop -m immediate; the postmaster we started SIGKILLed if it is still there."""
@@ -332,6 +329,7 @@ class Cluster:
     database: str
     tmp: Path
     workers: dict[str, Worker] = field(default_factory=dict)
+    _conn: Any = None
 
     @property
     def server(self) -> PgServer:
@@ -347,7 +345,14 @@ class Cluster:
         return self.tmp / "runs.log"
 
     def query(self, statement: str, params: Any = ()) -> list[tuple[Any, ...]]:
-        return self.server.query(self.database, statement, params)
+        """The rows of one statement, on the test's own connection to its database."""
+        if self._conn is None or self._conn.closed:
+            self._conn = self.server.connect(self.database)
+        return self._conn.execute(statement, params).fetchall()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
 
     def start_workers(self, *, quiet: bool) -> dict[str, Worker]:
         """Start the worker of every host and wait until each says it is ready. `quiet` drops
@@ -391,6 +396,7 @@ def cluster(lab: Lab, hosts: list[Host], tmp_path: Path, request: pytest.Fixture
         report = getattr(request.node, "rep_call", None)
         if report is not None and report.failed:
             print(found.describe())
+        found.close()
         stop_all(found.workers.values(), grace=STOP_GRACE)
         with lab.server.connect() as conn:  # FORCE: ends the sessions a cut host left behind
             conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

@@ -128,7 +128,7 @@ def job_states(cluster: Cluster) -> dict[str, int]:
 
 def wait_drained(cluster: Cluster, total: int, timeout: float) -> None:
     """Until every one of the `total` jobs of the queue is completed."""
-    wait_for(lambda: job_states(cluster).get("completed", 0) == total, timeout, interval=0.25,
+    wait_for(lambda: job_states(cluster).get("completed", 0) == total, timeout, interval=0.5,
              what=lambda: f"all {total} jobs completed (jobs by state: {job_states(cluster)})",
              on_fail=cluster.describe)
 
@@ -136,8 +136,7 @@ def wait_drained(cluster: Cluster, total: int, timeout: float) -> None:
 def cut_host_sessions(cluster: Cluster, address: str) -> dict[str, int]:
     """The server's sessions of the host at `address`, by state (and, in a transaction, the
     first words of the statement it ran last)."""
-    rows = cluster.server.query(
-        "postgres", "SELECT coalesce(state, '?'), query FROM pg_stat_activity WHERE client_addr = %s", (address,))
+    rows = cluster.query("SELECT coalesce(state, '?'), query FROM pg_stat_activity WHERE client_addr = %s", (address,))
     return dict(Counter(state + (f" ({' '.join(query.split()[:4])})" if "transaction" in state else "")
                         for state, query in rows))
 
