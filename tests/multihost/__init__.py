@@ -1,0 +1,1 @@
+"""Multi-host tests: worker hosts as network namespaces, a PostgreSQL broker of their own."""
