@@ -2,8 +2,9 @@
 
 It renews the leases this process holds, recovers the leases of consumers that died, refreshes
 this process's consumer rows, expires queues and messages past their TTL, prunes completed jobs
-past their retention and old minutes of the stats table, checkpoints the WAL, and notices when the database file was deleted or
-replaced under the worker.
+past their retention and old minutes of the stats table, checkpoints the WAL (SQLite) or keeps the
+planner's statistics of the jobs table fresh (PostgreSQL), and notices when the database file was
+deleted or replaced under the worker.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ class Housekeeper(threading.Thread):
         if now - last.touch >= TOUCH_EVERY:
             store.touch_queues(self.transport.consumed_queues())
             store.expire()
+            store.keep_statistics()
             last.touch = now
         if now - last.prune >= PRUNE_EVERY:
             retention = self._option("retention")

@@ -53,6 +53,11 @@ class Housekeeping(ConfigStore):
             )
         return recovered
 
+    def keep_statistics(self) -> bool:
+        """Keep the query planner's statistics of the jobs table fresh (PostgreSQL: ANALYZE once
+        enough changed; SQLite needs none); True if they were renewed."""
+        return self.db.keep_statistics()
+
     def prune_completed(self, retention: float | None = None, batch: int = 5000) -> int:
         """Delete completed jobs older than the retention time, in short batches."""
         if retention is None:
