@@ -7,6 +7,7 @@ of that run, `reset(app)` empties what a previous run may have left, `cleanup()`
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from kombu import Connection
@@ -15,6 +16,10 @@ from .celeryapp import QUEUE
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")  # a db of its own
 AMQP_URL = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+#: The PostgreSQL server of queuectl-pg: its maintenance database, where the bench creates and
+#: drops the databases of its runs (all named PG_PREFIX...).
+PG_SERVER = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+PG_PREFIX = "qb_bench_"
 
 
 def purge(app: Any) -> None:
@@ -46,6 +51,9 @@ class Peer:
     def cleanup(self) -> None:
         pass
 
+    def release(self, workdir: str) -> None:
+        """Free what `urls(workdir)` named, once its run is over (a database of its own)."""
+
 
 class Queuectl(Peer):
     name = "queuectl"
@@ -61,6 +69,71 @@ class Queuectl(Peer):
 
         import queuectl_kombu
         return f"queuectl_kombu {queuectl_kombu.__version__}, SQLite {sqlite3.sqlite_version}"
+
+
+class QueuectlPostgres(Peer):
+    """queuectl on PostgreSQL: a new database per run (reset creates it, release drops it),
+    broker and result backend the same postgresql:// URL, tables in its schema `queuectl`."""
+
+    name = "queuectl-pg"
+    settings = (f"{PG_SERVER.rsplit('/', 1)[0]}/{PG_PREFIX}<run>, a new database per run (CREATE DATABASE "
+                "before, DROP DATABASE ... WITH (FORCE) after), tables in schema queuectl created on first "
+                "use; transport defaults (FOR UPDATE SKIP LOCKED claims, LISTEN/NOTIFY wake-ups, "
+                "visibility_timeout 30 s, retention 1 day); result backend: the same postgresql:// URL")
+
+    def _admin(self) -> Any:
+        import psycopg
+        return psycopg.connect(PG_SERVER, autocommit=True, connect_timeout=5)
+
+    @staticmethod
+    def database(workdir: str) -> str:
+        """The database of the run in `workdir`: PG_PREFIX + the directory's name, made an identifier."""
+        tail = re.sub(r"[^a-z0-9_]", "_", os.path.basename(workdir.rstrip("/")).lower()).strip("_")
+        return (PG_PREFIX + (tail if tail and tail != "tmp" else "run"))[:63]
+
+    def unreachable(self) -> str | None:
+        try:
+            import psycopg  # noqa: F401
+        except ImportError as exc:
+            return str(exc)
+        try:
+            self._admin().close()
+        except Exception as exc:
+            return f"{PG_SERVER}: {exc}"
+        return None
+
+    def urls(self, workdir: str) -> tuple[str, str | None]:
+        url = f"{PG_SERVER.rsplit('/', 1)[0]}/{self.database(workdir)}"
+        return url, url
+
+    def version(self) -> str:
+        import psycopg
+
+        import queuectl_kombu
+        with self._admin() as conn:
+            server = conn.execute("SHOW server_version").fetchone()[0]
+        return f"queuectl_kombu {queuectl_kombu.__version__}, psycopg {psycopg.__version__}, PostgreSQL {server}"
+
+    def reset(self, app: Any) -> None:
+        """A new, empty database for this run (dropped first if a run left one of that name)."""
+        name = app.conf.broker_url.rsplit("/", 1)[1]
+        assert name.startswith(PG_PREFIX), name
+        with self._admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        purge(app)  # creates the schema and declares the queue, as for the other peers
+
+    def release(self, workdir: str) -> None:
+        with self._admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.database(workdir)}" WITH (FORCE)')
+
+    def cleanup(self) -> None:
+        """Drop every database of the bench's runs still there (a failed run keeps its own)."""
+        with self._admin() as conn:
+            names = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                                                (PG_PREFIX.replace("_", r"\_") + "%",))]
+            for name in names:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class Redis(Peer):
@@ -142,4 +215,4 @@ class SQLAlchemy(Peer):
         return f"SQLAlchemy {sqlalchemy.__version__}"
 
 
-PEERS: dict[str, Peer] = {p.name: p for p in (Queuectl(), Redis(), RabbitMQ(), SQLAlchemy())}
+PEERS: dict[str, Peer] = {p.name: p for p in (Queuectl(), QueuectlPostgres(), Redis(), RabbitMQ(), SQLAlchemy())}

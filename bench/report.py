@@ -16,7 +16,7 @@ from .workloads import WORKLOADS, human
 #: Fixed targets drawn as a dashed line on their panel: (workload, metric) -> value.
 TARGET_LINES = {("bulk", "jobs_per_s"): 50_000, ("roundtrip", "p99_ms"): 15.0, ("idle", "cpu_pct"): 1.0}
 
-COLORS = {"queuectl": "#1f77b4", "redis": "#d62728", "rabbitmq": "#ff7f0e", "sqla": "#7f7f7f"}
+COLORS = {"queuectl": "#1f77b4", "queuectl-pg": "#9467bd", "redis": "#d62728", "rabbitmq": "#ff7f0e", "sqla": "#7f7f7f"}
 
 
 def fmt(x: float, decimals: int = 0) -> str:
@@ -33,10 +33,12 @@ def ratio_text(ratio: float) -> str:
 
 
 def table(doc: dict[str, Any]) -> list[list[str]]:
-    """Header and rows: each metric's median (min-max) per peer, then queuectl's ratio to each peer."""
+    """Header and rows: each metric's median (min-max) per peer, then queuectl's ratio to each peer
+    and queuectl-pg's to each peer that is not queuectl."""
     summary, peers, n = doc.get("summary", {}), list(doc["peers"]), doc["runs_per_figure"]
-    others = [p for p in peers if p != "queuectl"] if "queuectl" in peers else []
-    rows = [["metric (median of %d, min-max)" % n, *peers] + [f"queuectl/{p}" for p in others]]
+    pairs = [(q, p) for q in ("queuectl", "queuectl-pg") if q in peers
+             for p in peers if p not in ("queuectl", q)]
+    rows = [["metric (median of %d, min-max)" % n, *peers] + [f"{q}/{p}" for q, p in pairs]]
     for name, workload in WORKLOADS.items():
         for metric in workload.metrics:
             cells = summary.get(name, {}).get(metric.key)
@@ -48,9 +50,8 @@ def table(doc: dict[str, Any]) -> list[list[str]]:
             for p in peers:
                 s = cells.get(p)
                 row.append("-" if s is None else f"{fmt(s['median'], d)} ({fmt(s['min'], d)}-{fmt(s['max'], d)})")
-            q = cells.get("queuectl")
-            for p in others:
-                s = cells.get(p)
+            for q_name, p in pairs:
+                q, s = cells.get(q_name), cells.get(p)
                 row.append(ratio_text(q["median"] / s["median"]) if q and s and s["median"] else "-")
             rows.append(row)
     return rows

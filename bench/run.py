@@ -111,8 +111,12 @@ def one_run(workload: Any, peer: Any, n: int) -> dict[str, Any]:
         return {"error": f"{type(exc).__name__}: {exc} (files kept in {workdir})"}
     finally:
         run.close()
-        if not failed:
+        if not failed:  # a failed run keeps its files and database for a look (cleanup drops the latter)
             shutil.rmtree(workdir, ignore_errors=True)
+            try:
+                peer.release(workdir)
+            except Exception as exc:
+                print(f"note: release of {peer.name}'s {workdir} failed: {exc}", file=sys.stderr, flush=True)
 
 
 def run_child(workload: str, peer: str, n: int) -> dict[str, Any]:
@@ -229,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                                         "seconds": round(took, 2), **busy, **result})
                     shown = " ".join(f"{m.key}={fmt(result[m.key], m.decimals)}"
                                      for m in workload.metrics if m.key in result)
-                    print(f"{workload.name:23} {peer.name:9} run {i + 1}/{n}: {result.get('error') or shown}"
+                    print(f"{workload.name:23} {peer.name:11} run {i + 1}/{n}: {result.get('error') or shown}"
                           f"  ({took:.1f}s; machine CPU {busy['machine_cpu_pct']:.0f}%,"
                           f" load {busy['loadavg_1m']:.1f})", flush=True)
                     write(args.output, doc, started)  # partial results too

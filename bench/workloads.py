@@ -44,11 +44,17 @@ class Run:
         self._offset = self._count = 0
 
     def worker(self) -> Worker:
-        w = Worker(self.peer, self.broker, self.backend, self.workdir, self.record, self.acks_late,
-                   pool=self.pool)
-        self.workers.append(w)
-        w.wait_ready()
-        return w
+        return self.start_workers(1)[0]
+
+    def start_workers(self, k: int) -> list[Worker]:
+        """k workers started together (all spawned, then each waited for), so that none has a head
+        start of a whole worker start-up over the others."""
+        started = [Worker(self.peer, self.broker, self.backend, self.workdir, self.record, self.acks_late,
+                          pool=self.pool) for _ in range(k)]
+        self.workers.extend(started)
+        for w in started:
+            w.wait_ready()
+        return started
 
     def db_path(self) -> str:
         """The queuectl file of this run (queuectl only)."""
@@ -162,23 +168,156 @@ def bulk(run: Run) -> dict[str, Any]:
             "help_s": startup, "queued": queued, "missing": run.n - queued}
 
 
+def deliveries(run: Run, n: int) -> dict[str, Any]:
+    """What the record says of tasks 0..n-1: how many ran, twice or more, not at all."""
+    ids = [int(r[0]) for r in run.lines()]
+    unique = set(ids)
+    return {"runs": len(ids), "duplicates": len(ids) - len(unique), "missing": len(set(range(n)) - unique)}
+
+
 def drain(run: Run, task: str = "bench.noop",
-          before_stop: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Publish n tasks, then start a worker; tasks/s from the first start to the last end."""
+          before_stop: Callable[[], dict[str, Any]] | None = None, workers: int = 1) -> dict[str, Any]:
+    """Publish n tasks, then start `workers` workers; tasks/s from the first start to the last end."""
     n = run.n
     publish_s = publish(run, n, task)
     queued = run.queued()
-    worker = run.worker()
+    started = run.start_workers(workers)
     run.wait_tasks(n)
     time.sleep(0.5)  # a duplicate delivery would show up in the record
     extra = before_stop() if before_stop else {}
-    worker.stop()
+    for w in started:
+        w.stop()
     rows = run.lines()
-    ids = [int(r[0]) for r in rows]
     first, last = min(float(r[1]) for r in rows), max(float(r[2]) for r in rows)
+    if workers > 1:  # how far apart the workers became ready (their ready files' times)
+        ready = [os.path.getmtime(w.ready_file) for w in started]
+        extra = {**extra, "ready_spread_s": max(ready) - min(ready)}
     return {"tasks_per_s": n / (last - first), "drain_s": last - first, "publish_per_s": n / publish_s,
-            "queued_before_start": queued, "runs": len(ids), "duplicates": len(ids) - len(set(ids)),
-            "missing": n - len(set(ids)), **extra}
+            "queued_before_start": queued, **deliveries(run, n), **extra}
+
+
+def fresh(run: Run, tag: str) -> Run:
+    """A Run on a new, empty broker of the same peer (a new file or database; the same Redis db or
+    RabbitMQ queue, emptied), in a subdirectory of `run`'s; its workers are stopped with `run`'s."""
+    from .peers import PEERS
+
+    peer = PEERS[run.peer]
+    workdir = os.path.join(run.workdir, tag)
+    os.makedirs(workdir)
+    broker, backend = peer.urls(workdir)
+    sub = Run(run.peer, broker, backend, workdir, n=run.n, acks_late=run.acks_late, pool=run.pool)
+    sub.workers = run.workers  # one_run stops them and shows their logs on a failure
+    peer.reset(sub.app)
+    return sub
+
+
+def scaling(run: Run, ks: tuple[int, ...] = (1, 2, 3)) -> dict[str, Any]:
+    """`drain` with k = 1, 2, 3 workers (each prefork -c 4) on one queue of one broker: each k
+    publishes n tasks to a new, empty broker, then starts its k workers together; tasks/s from the
+    first start to the last end, and its ratio to k = 1. Deliveries checked for each k."""
+    from .peers import PEERS
+
+    out: dict[str, Any] = {}
+    for k in ks:
+        check_interrupted()
+        sub = run if k == ks[0] else fresh(run, f"k{k}")
+        try:
+            result = drain(sub, workers=k)
+        finally:
+            if sub is not run:
+                sub.app.close()
+        if sub is not run:
+            PEERS[run.peer].release(sub.workdir)
+        for key in ("tasks_per_s", "drain_s", "publish_per_s", "runs", "duplicates", "missing", "ready_spread_s"):
+            if key in result:
+                out[f"k{k}_{key}"] = result[key]
+    for k in ks[1:]:
+        out[f"k{k}_over_k{ks[0]}"] = out[f"k{k}_tasks_per_s"] / out[f"k{ks[0]}_tasks_per_s"]
+    out["duplicates"] = sum(out[f"k{k}_duplicates"] for k in ks)
+    out["missing"] = sum(out[f"k{k}_missing"] for k in ks)
+    return out
+
+
+def producer_main(broker: str, backend: str | None, ids: tuple[int, int], out: str, ready: Any, go: Any) -> None:
+    """One producer process of `mixed`: connects, says it is ready, waits for the go, then sends
+    bench.noop(i) for i in range(*ids) one at a time, timing each send_task with perf_counter;
+    writes {"first": wall time of the first send, "last": wall time after the last, "ms": [...]}."""
+    from .celeryapp import make_app
+
+    app = make_app(broker, backend)
+    ms: list[float] = []
+    try:
+        with app.producer_or_acquire() as producer:
+            producer.connection.ensure_connection(max_retries=3)
+            ready.release()
+            if not go.wait(120):
+                raise TimeoutError("no go from the bench in 120 s")
+            first = time.time()
+            for i in range(*ids):
+                t0 = time.perf_counter()
+                app.send_task("bench.noop", args=[i], producer=producer, ignore_result=True)
+                ms.append((time.perf_counter() - t0) * 1000)
+            last = time.time()
+    finally:
+        app.close()
+    with open(out + ".tmp", "w") as f:
+        json.dump({"first": first, "last": last, "ms": ms}, f)
+    os.replace(out + ".tmp", out)
+
+
+def mixed(run: Run, producers: int = 4, workers: int = 2) -> dict[str, Any]:
+    """`producers` processes (spawned) each send n/producers tasks one at a time, as fast as they
+    can, while `workers` workers (each prefork -c 4, started and ready before) drain the queue:
+    tasks/s from the first send to the last task's end, and the latency of each send_task (ms,
+    all producers' together). Deliveries checked."""
+    import multiprocessing
+
+    n = run.n
+    run.start_workers(workers)
+    ctx = multiprocessing.get_context("spawn")
+    ready, go = ctx.Semaphore(0), ctx.Event()
+    outs, procs = [], []
+    share, extra = divmod(n, producers)
+    start = 0
+    try:
+        for j in range(producers):
+            count = share + (j < extra)
+            outs.append(os.path.join(run.workdir, f"producer-{j}.json"))
+            procs.append(ctx.Process(target=producer_main, name=f"bench-producer-{j}", daemon=True,
+                                     args=(run.broker, run.backend, (start, start + count), outs[-1], ready, go)))
+            start += count
+        for p in procs:
+            p.start()
+        deadline = time.monotonic() + 120
+        for _ in procs:  # every producer connected
+            while not ready.acquire(timeout=0.5):
+                check_interrupted()
+                dead = [p for p in procs if p.exitcode is not None]
+                if dead or time.monotonic() > deadline:
+                    raise RuntimeError(f"producers not ready: exit codes {[p.exitcode for p in procs]}")
+        go.set()
+        run.wait_tasks(n)
+        for p in procs:
+            p.join(60)
+            if p.exitcode != 0:
+                raise RuntimeError(f"producer {p.name} exited with {p.exitcode}")
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(10)
+    time.sleep(0.5)  # a duplicate delivery would show up in the record
+    sent = []
+    for out in outs:
+        with open(out) as f:
+            sent.append(json.load(f))
+    ms = sorted(x for s in sent for x in s["ms"])
+    first_send, last_send = min(s["first"] for s in sent), max(s["last"] for s in sent)
+    last_end = max(float(r[2]) for r in run.lines())
+    q = statistics.quantiles(ms, n=100, method="inclusive")
+    return {"tasks_per_s": n / (last_end - first_send), "e2e_s": last_end - first_send,
+            "publish_per_s": n / (last_send - first_send), "publish_p50_ms": q[49], "publish_p99_ms": q[98],
+            "publish_max_ms": ms[-1], "publish_samples": len(ms), **deliveries(run, n)}
 
 
 def roundtrip(run: Run, warmup: int = 20, warmup_budget: float = 10.0, budget: float = 60.0) -> dict[str, Any]:
@@ -386,6 +525,20 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in (
     Workload("idle", idle, (Metric("cpu_pct", "idle CPU, % of a core", False, 2, unit="% of a core"),
                             Metric("rss_mb", "idle peak RSS total, MiB", False, unit="MiB"),
                             Metric("pss_mb", "idle peak PSS total, MiB", False, unit="MiB")), 0),
+    Workload("scaling", scaling,
+             (*(Metric(f"k{k}_tasks_per_s", f"scaling drain {{n}}, {k} worker(s) prefork -c 4, tasks/s", True,
+                       unit="tasks/s") for k in (1, 2, 3)),
+              Metric("k2_over_k1", "scaling drain {n}, 2 workers / 1 worker", True, 2, unit="x"),
+              Metric("k3_over_k1", "scaling drain {n}, 3 workers / 1 worker", True, 2, unit="x")),
+             20_000),
+    *(Workload(name, functools.partial(mixed, producers=p),
+               (Metric("tasks_per_s", f"mixed {{n}}, {p} producers + 2 workers, end-to-end tasks/s", True,
+                       unit="tasks/s"),
+                Metric("publish_p50_ms", f"mixed {{n}}, {p} producers, publish p50, ms", False, 2, unit="ms"),
+                Metric("publish_p99_ms", f"mixed {{n}}, {p} producers, publish p99, ms", False, 2, unit="ms"),
+                Metric("publish_max_ms", f"mixed {{n}}, {p} producers, publish max, ms", False, 1, unit="ms")),
+               10_000)
+      for name, p in (("mixed", 4), ("mixed-8", 8))),
     _scale(10_000),
     _scale(100_000),
     _scale(1_000_000),
