@@ -51,6 +51,9 @@ IDLE_IN_TRANSACTION_TIMEOUT = 30
 _SCHEMA_LOCK = 0x71756575  # "queu"
 #: ... and while one process ANALYZEs the jobs table (keep_statistics).
 _ANALYZE_LOCK = 0x71756576
+#: How a write transaction begins: durable, or committing without waiting for the WAL flush.
+_BEGIN = "BEGIN"
+_BEGIN_NOT_DURABLE = "BEGIN; SET LOCAL synchronous_commit TO OFF"
 #: The jobs table is analyzed once this many rows, plus this fraction of it, changed since the last
 #: time (autovacuum's own default is 50 + 10 %, once a minute at best).
 ANALYZE_AFTER = 500
@@ -331,8 +334,11 @@ class Connection:
         self.target = tgt
         self._errors = _psycopg()
         #: A write transaction opened whose BEGIN is not sent yet: it goes with its first
-        #: statement, in one round trip ("BEGIN; statement").
+        #: statement, in one round trip ("BEGIN; statement"); `begin` is what is sent.
         self.begin_pending = False
+        self.begin = _BEGIN
+        #: Statements sent with the COMMIT of the open write transaction (Database.at_commit).
+        self.at_commit: list[str] = []
 
     @property
     def in_transaction(self) -> bool:
@@ -343,7 +349,7 @@ class Connection:
         """Send a pending BEGIN on its own (before a savepoint, or statements sent otherwise)."""
         if self.begin_pending:
             self.begin_pending = False
-            self.raw.execute("BEGIN")
+            self.raw.execute(self.begin)
 
     @property
     def usable(self) -> bool:
@@ -355,8 +361,9 @@ class Connection:
             cursor = self.raw.cursor()
             if self.begin_pending:
                 self.begin_pending = False
-                cursor.execute("BEGIN; " + text, _params(params, bytea_value))
-                cursor.nextset()  # the statement's own result, after BEGIN's
+                cursor.execute(self.begin + "; " + text, _params(params, bytea_value))
+                for _ in range(self.begin.count(";") + 1):
+                    cursor.nextset()  # the statement's own result, after BEGIN's (and SET's)
             else:
                 cursor.execute(text, _params(params, bytea_value))
             return cursor
@@ -475,18 +482,31 @@ class Database:
         return conn
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, *, durable: bool = True, notify: bool = True) -> Iterator[Connection]:
         """A write transaction (a savepoint inside another of this thread), which notifies the
-        schema's channel as it commits: every waiting worker and result looks again."""
+        schema's channel as it commits: every waiting worker and result looks again. Not
+        `notify`: a change nobody waits for (a claim, a lease renewal, a heartbeat) wakes no one.
+
+        Not `durable`: the commit does not wait for the server's WAL flush (synchronous_commit
+        off). A server crash can then lose the last moments of such commits, in commit order: what
+        a worker writes (claims, acks, leases, results), whose loss runs the jobs concerned
+        again, as after a worker crash. Publishes are durable: one that returned survives it."""
         conn = self.connection()
         if conn.in_transaction:
+            deferred = len(conn.at_commit)
             with conn.errors():
                 conn.begin_now()
-                with conn.raw.transaction():  # a savepoint
-                    yield conn
+                try:
+                    with conn.raw.transaction():  # a savepoint
+                        yield conn
+                except BaseException:
+                    del conn.at_commit[deferred:]  # what the rolled-back savepoint deferred
+                    raise
             return
         with conn.errors():
             conn.begin_pending = True  # sent with the first statement
+            conn.begin = _BEGIN if durable else _BEGIN_NOT_DURABLE
+            conn.at_commit = []
             try:
                 yield conn
             except BaseException:
@@ -494,13 +514,32 @@ class Database:
                     with contextlib.suppress(Exception):
                         conn.raw.execute("ROLLBACK")
                 conn.begin_pending = False
+                conn.at_commit = []
                 raise
-            if conn.begin_pending:  # nothing was written: no transaction was ever begun
+            if conn.begin_pending and not conn.at_commit:  # nothing written: nothing ever begun
                 conn.begin_pending = False
                 return
-            # NOTIFY and COMMIT in one round trip: a publish is "BEGIN; INSERT", the count of
-            # what it published, and this
-            conn.raw.execute(f'NOTIFY "{self.target.channel}"; COMMIT')
+            # What waits for the commit, the NOTIFY and the COMMIT in one round trip: a publish
+            # is "BEGIN; INSERT" and this
+            last = [*conn.at_commit, f'NOTIFY "{self.target.channel}"' if notify else "", "COMMIT"]
+            conn.at_commit = []
+            if conn.begin_pending:
+                conn.begin_pending = False
+                last.insert(0, conn.begin)
+            conn.raw.execute("; ".join(s for s in last if s))
+
+    def at_commit(self, conn: Connection, statement: str, rows: list[tuple[object, ...]]) -> None:
+        """Run `statement` once per row of `rows` in the open write transaction, sent with its
+        COMMIT (one round trip; an error there fails the commit as it would have the statement).
+        Outside a write transaction, now."""
+        text, bytea_value = _statement(statement)
+        cursor = conn.raw.cursor()
+        bound = [cursor.mogrify(text, _params(row, bytea_value)) for row in rows]
+        if not conn.in_transaction:
+            for query in bound:
+                conn.raw.execute(query)
+            return
+        conn.at_commit.extend(bound)
 
     def insert_rows(self, conn: Connection, statement: str, rows: list[tuple[object, ...]]) -> list[int]:
         """Insert `rows` with one executemany of `statement` (it returns each row's id); their

@@ -101,7 +101,7 @@ class ResultStore:
         """Store a value that lives `expires` seconds (None or 0: until deleted)."""
         now = self.clock()
         params = {"key": key, "value": value, "expires_at": _expires_at(now, expires), "now": now}
-        with self.db.write() as conn:
+        with self.db.write(durable=False) as conn:
             conn.execute(Q["result_set"], params)
             self._purge_now_and_then(conn, now)
 
@@ -111,21 +111,21 @@ class ResultStore:
         params = {
             "key": key, "value": value, "state": state, "expires_at": _expires_at(now, expires), "now": now,
         }
-        with self.db.write() as conn:
+        with self.db.write(durable=False) as conn:
             stored = conn.execute(Q["result_store_task"], params).rowcount > 0
             self._purge_now_and_then(conn, now)
         return stored
 
     def delete(self, key: str) -> None:
         """Forget a key (nothing happens if it is missing)."""
-        with self.db.write() as conn:
+        with self.db.write(durable=False) as conn:
             conn.execute(Q["result_delete"], {"key": key})
 
     def incr(self, key: str, expires: float | None = None) -> int:
         """Add one to a counter and return it; a new counter lives `expires` seconds."""
         now = self.clock()
         params = {"key": key, "expires_at": _expires_at(now, expires), "now": now}
-        with self.db.write() as conn:
+        with self.db.write(durable=False) as conn:
             counter = int(conn.execute(Q["result_incr"], params).fetchone()[0])
         return counter
 
@@ -139,7 +139,7 @@ class ResultStore:
         """
         now = self.clock()
         expires_at = _expires_at(now, expires)
-        with self.db.write() as conn:
+        with self.db.write(durable=False) as conn:
             if conn.execute(Q["result_counter_done"], {"key": key, "now": now}).fetchone():
                 return 0, None
             mark = {"part_key": _part_key(key, member), "expires_at": expires_at, "now": now}
@@ -155,14 +155,14 @@ class ResultStore:
         now = self.clock()
         params = {"key": _part_key(key, SIZE_MARK), "counter": int(size),
                   "expires_at": _expires_at(now, expires), "now": now}
-        with self.db.write() as conn:
+        with self.db.write(durable=False) as conn:
             conn.execute(Q["result_set_counter"], params)
 
     def grow_chord(self, key: str, expires: float | None = None) -> None:
         """One more part for chord counter `key` (Celery's Task.add_to_chord)."""
         now = self.clock()
         params = {"key": _part_key(key, EXTRA_MARK), "expires_at": _expires_at(now, expires), "now": now}
-        with self.db.write() as conn:
+        with self.db.write(durable=False) as conn:
             conn.execute(Q["result_incr"], params)
 
     def chord_size(self, key: str) -> int | None:
@@ -183,7 +183,7 @@ class ResultStore:
         """Finish chord counter `key` if no one has: True for the one caller that should send the body."""
         now = self.clock()
         params = {"key": key, "expires_at": _expires_at(now, expires), "now": now}
-        with self.db.write() as conn:
+        with self.db.write(durable=False) as conn:
             won = conn.execute(Q["result_claim_counter"], params).rowcount > 0
             if won:
                 conn.execute(Q["result_delete_parts"], {"key": key})
@@ -193,13 +193,13 @@ class ResultStore:
         """Mark a counter finished for `expires` seconds (it counts nothing more) and drop its part marks."""
         now = self.clock()
         params = {"key": key, "expires_at": _expires_at(now, expires), "now": now}
-        with self.db.write() as conn:
+        with self.db.write(durable=False) as conn:
             conn.execute(Q["result_finish_counter"], params)
             conn.execute(Q["result_delete_parts"], {"key": key})
 
     def reset_counter(self, key: str) -> None:
         """Forget a counter, finished or not, and its part marks."""
-        with self.db.write() as conn:
+        with self.db.write(durable=False) as conn:
             conn.execute(Q["result_delete"], {"key": key})
             conn.execute(Q["result_delete_parts"], {"key": key})
 
@@ -207,7 +207,7 @@ class ResultStore:
         """Make a live key expire `expires` seconds from now (None or 0: never); False if it is gone."""
         now = self.clock()
         params = {"key": key, "expires_at": _expires_at(now, expires), "now": now}
-        with self.db.write() as conn:
+        with self.db.write(durable=False) as conn:
             changed = conn.execute(Q["result_expire"], params).rowcount
         return changed > 0
 
@@ -215,7 +215,7 @@ class ResultStore:
         """Delete every expired row, in short transactions; returns how many."""
         total = 0
         while True:
-            with self.db.write() as conn:
+            with self.db.write(durable=False) as conn:
                 params = {"now": self.clock(), "limit": PURGE_BATCH}
                 n = conn.execute(Q["result_purge_expired"], params).rowcount
             total += n

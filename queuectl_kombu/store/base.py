@@ -57,10 +57,8 @@ class StoreBase:
         minute = int(self.clock() // 60)
         # in queue order: transactions lock the rows they count in one order (PostgreSQL: no deadlock)
         rows = [(minute, queue, event, n) for queue, n in sorted(counts.items()) if not is_control_queue(queue)]
-        if len(rows) == 1:
-            conn.execute(Q["stats_add"], rows[0])
-        elif rows:
-            conn.executemany(Q["stats_add"], rows)
+        # at the commit: PostgreSQL sends them with it, in one round trip; SQLite runs them now
+        self.db.at_commit(conn, Q["stats_add"], rows)
 
     def change_stamp(self) -> tuple[int, int]:
         """A value that differs whenever anyone committed since it was last taken."""

@@ -24,7 +24,7 @@ class Housekeeping(ConfigStore):
 
     def renew_leases(self, owner: str, lease_seconds: float) -> int:
         """Extend every lease `owner` holds; returns how many."""
-        with self.db.write() as conn:
+        with self.db.write(durable=False, notify=False) as conn:
             n = conn.execute(
                 Q["renew_leases"], {"owner": owner, "lease_expires_at": self.clock() + lease_seconds, "limit": -1}
             ).rowcount
@@ -39,7 +39,7 @@ class Housekeeping(ConfigStore):
             return []
         if max_retries is None:
             max_retries = self.settings(fresh=True)["max_retries"]
-        with self.db.write() as conn:
+        with self.db.write(durable=False) as conn:
             rows = conn.execute(
                 Q["recover_expired_leases"], {"now": now, "max_retries": max_retries, "limit": RECOVER_BATCH}
             ).fetchall()
@@ -65,7 +65,7 @@ class Housekeeping(ConfigStore):
         cutoff = self.clock() - retention
         total = 0
         while True:
-            with self.db.write() as conn:
+            with self.db.write(durable=False, notify=False) as conn:
                 n = conn.execute(Q["prune_completed"], {"cutoff": cutoff, "limit": batch}).rowcount
             total += n
             if n < batch:
@@ -83,7 +83,7 @@ class Housekeeping(ConfigStore):
         params = {"cutoff": cutoff}
         if self.db.connection().execute(Q["stats_has_old"], params).fetchone() is None:
             return 0
-        with self.db.write() as conn:
+        with self.db.write(durable=False, notify=False) as conn:
             conn.execute(Q["stats_fold"], params)
             n = conn.execute(Q["stats_drop_folded"], params).rowcount
         self._committed()

@@ -175,7 +175,7 @@ class JobChanges(ConfigStore):
         if not ready or limit <= 0:
             return []
         claimed: list[ClaimedJob] = []
-        with self.db.write() as conn:
+        with self.db.write(durable=False, notify=False) as conn:
             shares = {ready[0]: limit} if len(ready) == 1 else _shares(conn, ready, limit, now)
             for queue, share in shares.items():
                 rows = conn.execute(
@@ -210,7 +210,7 @@ class JobChanges(ConfigStore):
             retention = self.settings()["retention"]
         statement = Q["delete_processing"] if retention <= 0 else Q["complete"]
         now = self.clock()
-        with self.db.write() as conn:
+        with self.db.write(durable=False) as conn:
             rows = conn.execute(statement, {"ids": json.dumps(list(job_ids)), "owner": owner, "now": now}).fetchall()
             self._tally(conn, "completed", (r[1] for r in rows))
         done = {r[0] for r in rows}
@@ -226,7 +226,7 @@ class JobChanges(ConfigStore):
 
     def requeue(self, job_id: int, owner: str) -> bool:
         """Put a processing job back to pending as it was (the attempt does not count)."""
-        with self.db.write() as conn:
+        with self.db.write(durable=False) as conn:
             changed = conn.execute(
                 Q["requeue"], {"id": job_id, "owner": owner, "now": self.clock()}
             ).rowcount
@@ -252,7 +252,7 @@ class JobChanges(ConfigStore):
         applies to the next failure. Returns the new state, or None if the lease was lost.
         """
         now = self.clock()
-        with self.db.write() as conn:
+        with self.db.write(durable=False) as conn:
             row = conn.execute(Q["get_processing"], {"id": job_id, "owner": owner}).fetchone()
             if row is None:
                 new_state = None
@@ -357,7 +357,7 @@ class JobChanges(ConfigStore):
 
     def record_error(self, task_id: str, error: str) -> None:
         """Keep the error of a running task, for the reject that follows."""
-        with self.db.write() as conn:
+        with self.db.write(durable=False, notify=False) as conn:
             conn.execute(Q["record_error"], {"task_id": task_id, "error": error})
         self._committed()
 

@@ -148,7 +148,7 @@ class Topology(StoreBase):
     def touch_queues(self, names: Sequence[str]) -> None:
         """Mark queues as in use, so that their x-expires does not run out while consumed."""
         if names:
-            with self.db.write() as conn:
+            with self.db.write(durable=False, notify=False) as conn:
                 conn.execute(Q["touch_queues"], {"names": json.dumps(list(names)), "now": self.clock()})
 
     def purge(self, queue: str) -> int:
@@ -177,7 +177,7 @@ class Topology(StoreBase):
 
     def add_consumer(self, queue: str, owner: str) -> None:
         """Record that `owner` consumes `queue`."""
-        with self.db.write() as conn:
+        with self.db.write(durable=False, notify=False) as conn:
             conn.execute(Q["add_consumer"], {"queue": queue, "owner": owner, "now": self.clock()})
         self._committed()
 
@@ -185,7 +185,7 @@ class Topology(StoreBase):
         """`owner` stops consuming `queue`; an auto-delete queue left without live consumers is
         deleted with its messages. Returns True when the queue was deleted."""
         now = self.clock()
-        with self.db.write() as conn:
+        with self.db.write(durable=False) as conn:
             conn.execute(Q["remove_consumer"], {"queue": queue, "owner": owner})
             info = conn.execute(Q["get_queue"], {"name": queue}).fetchone()
             live = conn.execute(Q["live_consumers"], {"queue": queue, "cutoff": now - CONSUMER_TIMEOUT}).fetchone()[0]
@@ -199,13 +199,13 @@ class Topology(StoreBase):
 
     def remove_owner(self, owner: str) -> None:
         """Forget every consumer row of a closing connection."""
-        with self.db.write() as conn:
+        with self.db.write(durable=False) as conn:
             conn.execute(Q["remove_owner"], {"owner": owner})
         self._committed()
 
     def heartbeat(self, owner: str) -> None:
         """A live connection refreshes its consumer rows."""
-        with self.db.write() as conn:
+        with self.db.write(durable=False, notify=False) as conn:
             conn.execute(Q["heartbeat_consumers"], {"owner": owner, "now": self.clock()})
 
     def expire(self) -> tuple[list[str], int]:
@@ -219,7 +219,7 @@ class Topology(StoreBase):
         stale = conn.execute(Q["has_expired_messages"], params).fetchone() is not None
         if not queues and not orphans and not stale:
             return [], 0
-        with self.db.write() as conn:
+        with self.db.write(durable=False) as conn:
             # Look again inside the transaction: a consumer may have come back since.
             queues = [r[0] for r in conn.execute(Q["expired_queues"], params)]
             orphans = [r[0] for r in conn.execute(Q["orphaned_queues"], params) if r[0] not in queues]
