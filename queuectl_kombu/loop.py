@@ -36,6 +36,8 @@ class LoopLink:
         self._thread: int | None = None
         self._timers: list[Any] = []
         self._waiter_fd = -1
+        #: Whether the waiter pushes changes (inotify, LISTEN): its descriptor is watched.
+        self._pushed = False
         self._due_timer: Any = None
         self._due_at = math.inf
         self._again_timer: Any = None
@@ -52,6 +54,7 @@ class LoopLink:
         if self._wake_fds is None:
             self._wake_fds = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         loop.add_reader(self._wake_fds[0], self._on_wake)
+        self._pushed = waiter.pushes_changes
         if waiter.pushes_changes:
             self._waiter_fd = waiter.fileno()
             loop.add_reader(self._waiter_fd, self.on_change)
@@ -64,10 +67,11 @@ class LoopLink:
     def watch(self, waiter: ChangeWaiter | Listener) -> None:
         """Watch the waiter's descriptor again if it changed (a Listener that reconnected)."""
         fd = waiter.fileno()
-        if self.loop is None or self._waiter_fd < 0 or fd == self._waiter_fd:
+        if self.loop is None or not self._pushed or fd == self._waiter_fd:
             return
-        self.loop.remove_reader(self._waiter_fd)
-        self._waiter_fd = fd
+        if self._waiter_fd >= 0:
+            self.loop.remove_reader(self._waiter_fd)
+        self._waiter_fd = fd  # -1 while the Listener has no connection: the 1 s timer looks
         if fd >= 0:
             self.loop.add_reader(fd, self.on_change)
 

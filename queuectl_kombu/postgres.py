@@ -5,11 +5,15 @@ Everything that differs from SQLite (db.py) lives here:
 - connections: psycopg 3, one per thread and process, never used across fork (a child's copy is
   pointed at /dev/null, so that not even its finaliser can end the parent's session), opened
   again after the server dropped one;
-- the dialect: each statement of sql/*.sql is translated once (placeholders, INDEXED BY,
-  char(), JSON arrays), or replaced by its PostgreSQL text in sql/postgresql.sql (SKIP LOCKED
-  claims, LEAST/GREATEST, jsonb);
-- wake-ups: every write transaction ends with a NOTIFY on the schema's channel; Listener holds a
-  connection that LISTENs, whose socket Celery's event loop watches (no polling);
+- the dialect: each statement of sql/*.sql is translated once (translate: placeholders,
+  INDEXED BY, char(), scalar MIN/MAX, LIKE, JSON arrays, SKIP LOCKED on the rows a change
+  picks), or replaced by its PostgreSQL text in sql/postgresql.sql (results' str and bytes, the
+  stats' shards); the schema is schema.sql translated (schema_script);
+- transactions: BEGIN goes with the first statement, NOTIFY and the deferred statements
+  (at_commit) with the COMMIT; a worker's writes do not wait for the WAL flush (write(durable=));
+- wake-ups: a write transaction ends with a NOTIFY on the schema's channel (unless nobody waits
+  for what it changed); Listener holds a connection that LISTENs, whose socket Celery's event
+  loop watches (no polling); the planner's statistics are kept (keep_statistics);
 - the schema: created on first use in the schema the store names (``queuectl`` unless told
   otherwise) under an advisory lock, its version in the schema_version table.
 
@@ -690,8 +694,15 @@ class Listener:
     def drain(self) -> bool:
         """Read what the server sent; True if a notification came (or the connection was lost
         and made again: what was sent meanwhile is unknown, so callers look again)."""
-        if self._pid != os.getpid() or self._raw is None:
+        if self._pid != os.getpid():
             return False
+        if self._raw is None:  # lost before, and the server could not be reached then
+            try:
+                self._open()
+            except DatabaseUnreachable:
+                return False
+            self.count += 1
+            return True
         psycopg = _psycopg()
         pgconn = self._raw.pgconn
         got = False
