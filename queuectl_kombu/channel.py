@@ -168,7 +168,7 @@ class Channel(Routing, virtual.Channel):
             raise DatabaseMoved(self.transport.moved)  # a connection error: Celery reconnects
         if not self._consumers:
             raise Empty()
-        stamp = self.store.change_stamp()
+        stamp = self.store.work_stamp()
         if stamp == self._empty_stamp and time.time() < self.next_due:
             raise Empty()  # nothing was committed and nothing came due since the last empty claim
         taken = self.deliver_unacked(callback, most)  # control and broadcast first
@@ -197,6 +197,12 @@ class Channel(Routing, virtual.Channel):
         for job in claimed:
             callback(self._deliverable(job), job.queue)
         return taken + len(claimed)
+
+    def nothing_new(self) -> bool:
+        """Whether this channel's last look found nothing and no work may have come since (the
+        work stamp is the same and nothing came due): a look now would find nothing either."""
+        return (self._empty_stamp is not None and time.time() < self.next_due
+                and self.store.work_stamp() == self._empty_stamp)
 
     def deliver_unacked(self, callback: Any, most: int | None = None) -> int:
         """Deliver up to `most` ready messages of this channel's no-ack queues (control and

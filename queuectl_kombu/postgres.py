@@ -36,6 +36,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from . import sql
+from .rules import EVERYONE, WATCHERS
 from .exceptions import ConstraintViolated, DatabaseLocked, DatabaseUnreachable, DatabaseUnusable, InvalidValue
 
 logger = logging.getLogger("queuectl_kombu.db")
@@ -58,6 +59,8 @@ _ANALYZE_LOCK = 0x71756576
 #: How a write transaction begins: durable, or committing without waiting for the WAL flush.
 _BEGIN = "BEGIN"
 _BEGIN_NOT_DURABLE = "BEGIN; SET LOCAL synchronous_commit TO OFF"
+#: The payload of a notification for the watchers only (rules.WATCHERS), as the server sends it.
+_WATCHERS_PAYLOAD = WATCHERS.encode()
 #: The jobs table is analyzed once this many rows, plus this fraction of it, changed since the last
 #: time (autovacuum's own default is 50 + 10 %, once a minute at best).
 ANALYZE_AFTER = 500
@@ -437,6 +440,9 @@ class Database:
     connection. The same methods as db.Database (SQLite); those about the file answer for a server."""
 
     engine = "postgresql"
+    #: A claim goes straight to its UPDATE: a read first is one more round trip, and an empty
+    #: claim locks nothing (SKIP LOCKED).
+    look_before_claim = False
 
     def __init__(self, url: str, *, schema: str | None = None) -> None:
         self.target = target(url, schema)
@@ -486,10 +492,11 @@ class Database:
         return conn
 
     @contextlib.contextmanager
-    def write(self, *, durable: bool = True, notify: bool = True) -> Iterator[Connection]:
+    def write(self, *, durable: bool = True, wakes: str = EVERYONE) -> Iterator[Connection]:
         """A write transaction (a savepoint inside another of this thread), which notifies the
-        schema's channel as it commits: every waiting worker and result looks again. Not
-        `notify`: a change nobody waits for (a claim, a lease renewal, a heartbeat) wakes no one.
+        schema's channel as it commits (rules.EVERYONE): every waiting worker and result looks
+        again. WATCHERS: the notification says so, and workers do not look for work because of it
+        (a claim, an ack); NOBODY: no notification (a lease renewal, a heartbeat).
 
         Not `durable`: the commit does not wait for the server's WAL flush (synchronous_commit
         off). A server crash can then lose the last moments of such commits, in commit order: what
@@ -525,7 +532,9 @@ class Database:
                 return
             # What waits for the commit, the NOTIFY and the COMMIT in one round trip: a publish
             # is "BEGIN; INSERT" and this
-            last = [*conn.at_commit, f'NOTIFY "{self.target.channel}"' if notify else "", "COMMIT"]
+            notify = {EVERYONE: f'NOTIFY "{self.target.channel}"',
+                      WATCHERS: f"NOTIFY \"{self.target.channel}\", '{WATCHERS}'"}.get(wakes, "")
+            last = [*conn.at_commit, notify, "COMMIT"]
             conn.at_commit = []
             if conn.begin_pending:
                 conn.begin_pending = False
@@ -628,6 +637,15 @@ class Database:
     def change_stamp(self) -> tuple[int, int]:
         return (self.data_version(), self.local_commits)
 
+    def work_stamp(self) -> tuple[int, int]:
+        """Changes whenever work may have become available: the notifications of changes that
+        wake everyone (not the claims and acks that wake the watchers only)."""
+        listener = self._thread_listener()
+        listener.drain()
+        # not local_commits: this process's own claims and acks would count (its publishes come
+        # back to its Listener like anyone's)
+        return (listener.work_count, 0)
+
     # -- what SQLite's files have and a server does not ---------------------------------------
 
     @contextlib.contextmanager
@@ -673,7 +691,10 @@ class Listener:
 
     def __init__(self, tgt: Target) -> None:
         self.target = tgt
+        #: Notifications received (and reconnections: what was sent meanwhile is unknown) ...
         self.count = 0
+        #: ... and those of them that may mean work (not the watchers' only).
+        self.work_count = 0
         self._pid = os.getpid()
         self._raw: Any = None
         self._open()
@@ -702,14 +723,16 @@ class Listener:
             except DatabaseUnreachable:
                 return False
             self.count += 1
+            self.work_count += 1
             return True
         psycopg = _psycopg()
         pgconn = self._raw.pgconn
-        got = False
+        got = work = False
         try:
             pgconn.consume_input()
-            while pgconn.notifies() is not None:
+            while (note := pgconn.notifies()) is not None:
                 got = True
+                work = work or note.extra != _WATCHERS_PAYLOAD
         except psycopg.Error:
             logger.warning("the wake-up connection to %s was lost: reconnecting", self.target.display)
             with contextlib.suppress(Exception):
@@ -717,9 +740,11 @@ class Listener:
             self._raw = None
             with contextlib.suppress(DatabaseUnreachable):
                 self._open()
-            got = True
+            got = work = True
         if got:
             self.count += 1
+        if work:
+            self.work_count += 1
         return got
 
     def wait(self, timeout: float) -> bool:

@@ -24,6 +24,13 @@ MAX_WAIT = 1.0
 #: After a wake-up that shows no commit yet, look again this soon: the -wal file is written a
 #: moment before the commit becomes visible to other connections.
 SETTLE = 0.002
+#: Whom a committed change wakes (Database.write(wakes=...)): every waiter, workers included (a
+#: publish, a requeue, a retry, a result: work or a result may be there); the watchers only
+#: (results, cancel, the dashboard: a claim, an ack); nobody (a lease renewal, a heartbeat).
+#: SQLite's commits wake every waiter whatever they say (the -wal file).
+EVERYONE = "everyone"
+WATCHERS = "watchers"
+NOBODY = "nobody"
 #: The last_error of a job that was cancelled (queuectl cancel, or revoked through Celery): it is
 #: dead, so `dlq retry` runs it again.
 CANCELLED = "cancelled"

@@ -220,7 +220,7 @@ class Transport(virtual.Transport):
     def deliver_control(self) -> None:
         """Deliver what the no-ack queues (pidbox, broadcast) hold now, before claimed tasks."""
         for channel in list(self.channels):
-            if channel.consumes_without_ack():
+            if channel.consumes_without_ack() and not channel.nothing_new():
                 channel.deliver_unacked(self._deliver)
 
     def close_connection(self, connection: Any) -> None:

@@ -64,6 +64,11 @@ class StoreBase:
         """A value that differs whenever anyone committed since it was last taken."""
         return self.db.change_stamp()
 
+    def work_stamp(self) -> tuple[int, int]:
+        """A value that differs whenever work may have become available since it was last taken
+        (SQLite: any commit; PostgreSQL: not a claim or an ack)."""
+        return self.db.work_stamp()
+
     def checkpoint(self) -> tuple[int, int, int]:
         """Checkpoint the WAL: passive, or truncating once it has grown past WAL_LIMIT_BYTES."""
         return self.db.checkpoint(truncate=self.wal_too_large())

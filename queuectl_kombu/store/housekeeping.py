@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from ..rules import NOBODY, WATCHERS
 from ..sql import QUERIES as Q
 from ..states import JobState
 from .config import ConfigStore
@@ -24,7 +25,7 @@ class Housekeeping(ConfigStore):
 
     def renew_leases(self, owner: str, lease_seconds: float) -> int:
         """Extend every lease `owner` holds; returns how many."""
-        with self.db.write(durable=False, notify=False) as conn:
+        with self.db.write(durable=False, wakes=NOBODY) as conn:
             n = conn.execute(
                 Q["renew_leases"], {"owner": owner, "lease_expires_at": self.clock() + lease_seconds, "limit": -1}
             ).rowcount
@@ -65,7 +66,7 @@ class Housekeeping(ConfigStore):
         cutoff = self.clock() - retention
         total = 0
         while True:
-            with self.db.write(durable=False, notify=False) as conn:
+            with self.db.write(durable=False, wakes=WATCHERS) as conn:
                 n = conn.execute(Q["prune_completed"], {"cutoff": cutoff, "limit": batch}).rowcount
             total += n
             if n < batch:
@@ -83,7 +84,7 @@ class Housekeeping(ConfigStore):
         params = {"cutoff": cutoff}
         if self.db.connection().execute(Q["stats_has_old"], params).fetchone() is None:
             return 0
-        with self.db.write(durable=False, notify=False) as conn:
+        with self.db.write(durable=False, wakes=NOBODY) as conn:
             conn.execute(Q["stats_fold"], params)
             n = conn.execute(Q["stats_drop_folded"], params).rowcount
         self._committed()

@@ -14,7 +14,7 @@ from .. import settings as settings_mod
 from ..exceptions import DuplicateJob, InvalidTransition, InvalidValue, JobNotFound, PayloadTooLarge
 from ..jobs import ClaimedJob
 from ..retry import RetryPolicy
-from ..rules import CANCELLED, MAX_RETRIES_LIMIT, READY_STATES
+from ..rules import CANCELLED, MAX_RETRIES_LIMIT, NOBODY, READY_STATES, WATCHERS
 from ..sql import QUERIES as Q
 from ..states import JobState
 from .config import ConfigStore
@@ -169,13 +169,17 @@ class JobChanges(ConfigStore):
     ) -> list[ClaimedJob]:
         now = self.clock()
         conn = self.db.connection()
-        ready = [  # a queue named twice is claimed from once
-            q for q in dict.fromkeys(queues) if conn.execute(Q["has_ready"], {"queue": q, "now": now}).fetchone()
+        # a queue named twice is claimed from once; the engine says whether a read first saves a
+        # write (SQLite: the file's write lock) or only costs a round trip (PostgreSQL)
+        ready = [
+            q for q in dict.fromkeys(queues)
+            if (statement == "claim" and not self.db.look_before_claim)  # takes: control queues, mostly empty
+            or conn.execute(Q["has_ready"], {"queue": q, "now": now}).fetchone()
         ]
         if not ready or limit <= 0:
             return []
         claimed: list[ClaimedJob] = []
-        with self.db.write(durable=False, notify=False) as conn:
+        with self.db.write(durable=False, wakes=WATCHERS) as conn:
             shares = {ready[0]: limit} if len(ready) == 1 else _shares(conn, ready, limit, now)
             for queue, share in shares.items():
                 rows = conn.execute(
@@ -210,7 +214,7 @@ class JobChanges(ConfigStore):
             retention = self.settings()["retention"]
         statement = Q["delete_processing"] if retention <= 0 else Q["complete"]
         now = self.clock()
-        with self.db.write(durable=False) as conn:
+        with self.db.write(durable=False, wakes=WATCHERS) as conn:
             rows = conn.execute(statement, {"ids": json.dumps(list(job_ids)), "owner": owner, "now": now}).fetchall()
             self._tally(conn, "completed", (r[1] for r in rows))
         done = {r[0] for r in rows}
@@ -357,7 +361,7 @@ class JobChanges(ConfigStore):
 
     def record_error(self, task_id: str, error: str) -> None:
         """Keep the error of a running task, for the reject that follows."""
-        with self.db.write(durable=False, notify=False) as conn:
+        with self.db.write(durable=False, wakes=NOBODY) as conn:
             conn.execute(Q["record_error"], {"task_id": task_id, "error": error})
         self._committed()
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..exceptions import InvalidValue, QueueNotFound
-from ..rules import is_control_queue
+from ..rules import NOBODY, is_control_queue
 from ..sql import QUERIES as Q
 from ..states import JobState
 from .base import StoreBase
@@ -148,7 +148,7 @@ class Topology(StoreBase):
     def touch_queues(self, names: Sequence[str]) -> None:
         """Mark queues as in use, so that their x-expires does not run out while consumed."""
         if names:
-            with self.db.write(durable=False, notify=False) as conn:
+            with self.db.write(durable=False, wakes=NOBODY) as conn:
                 conn.execute(Q["touch_queues"], {"names": json.dumps(list(names)), "now": self.clock()})
 
     def purge(self, queue: str) -> int:
@@ -177,7 +177,7 @@ class Topology(StoreBase):
 
     def add_consumer(self, queue: str, owner: str) -> None:
         """Record that `owner` consumes `queue`."""
-        with self.db.write(durable=False, notify=False) as conn:
+        with self.db.write(durable=False, wakes=NOBODY) as conn:
             conn.execute(Q["add_consumer"], {"queue": queue, "owner": owner, "now": self.clock()})
         self._committed()
 
@@ -205,7 +205,7 @@ class Topology(StoreBase):
 
     def heartbeat(self, owner: str) -> None:
         """A live connection refreshes its consumer rows."""
-        with self.db.write(durable=False, notify=False) as conn:
+        with self.db.write(durable=False, wakes=NOBODY) as conn:
             conn.execute(Q["heartbeat_consumers"], {"owner": owner, "now": self.clock()})
 
     def expire(self) -> tuple[list[str], int]:
