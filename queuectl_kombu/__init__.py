@@ -1,6 +1,8 @@
-"""queuectl_kombu: a kombu transport and Celery result backend in one SQLite file.
+"""queuectl_kombu: a kombu transport and Celery result backend in one SQLite file, or in a
+PostgreSQL database (docs/postgresql.md).
 
-Importing the package registers the ``sqlite://`` scheme with kombu. The names below are its
+Importing the package registers the ``sqlite://``, ``postgresql://`` and ``postgres://`` schemes
+with kombu. The names below are its
 public API (what the queuectl command line uses); docs/architecture.md maps the modules.
 
 Steering the queue: ``JobStore.pause_queue`` / ``resume_queue`` / ``paused_queues`` /

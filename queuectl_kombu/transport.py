@@ -1,4 +1,5 @@
-"""SQLite transport for kombu: a broker in one file that loses nothing.
+"""The queuectl transport for kombu: a broker in one SQLite file, or in a PostgreSQL database,
+that loses nothing.
 
 Messages are rows of the queuectl jobs table (queuectl_kombu/sql/schema.sql): a claim moves
 them to processing under a lease, an ack completes them, a reject requeues the same row or
@@ -22,8 +23,9 @@ Connection String
 
     sqlite:///relative/path.db
     sqlite:////absolute/path.db
+    postgresql://user:password@host:5432/dbname   (docs/postgresql.md; postgres:// too)
 
-``import queuectl_kombu`` registers the ``sqlite`` scheme. Without that import, set Celery's
+``import queuectl_kombu`` registers the ``sqlite``, ``postgresql`` and ``postgres`` schemes. Without that import, set Celery's
 ``broker_transport = "queuectl_kombu.transport:Transport"`` (or pass
 ``transport="queuectl_kombu.transport:Transport"`` to ``kombu.Connection``).
 
@@ -39,6 +41,7 @@ Options left unset fall back to the config table of the database, then to the de
 * ``prefetch_batch``: the most messages one claim takes when no prefetch limit is set (100).
 * ``polling_interval``: wake-up interval where inotify is not available (default 0.01).
 * ``synchronous``: SQLite's ``synchronous`` pragma, ``NORMAL`` (default) or ``FULL``.
+* ``schema``: PostgreSQL's schema of the queuectl tables (default ``queuectl``).
 
 The parts
 =========
@@ -75,9 +78,8 @@ from .exceptions import DatabaseMoved, DatabaseUnusable
 from .housekeeper import Housekeeper
 from .loop import LoopLink
 from .notify import ChangeWaiter
-from .postgres import Listener
 from .paths import SCHEME, url_path
-from .postgres import is_postgres_url
+from .postgres import Listener, is_postgres_url
 from .postgres import mask as masked_url
 from .rules import MAX_WAIT
 from .store import JobStore
