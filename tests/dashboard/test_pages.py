@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
+import pytest
 from flask.testing import FlaskClient
 
 from queuectl_kombu import JobStore, NewJob
 from tests.support.waiting import wait_for
 
-from .conftest import SEEDED, XSS_ENV, enqueue, row_id
+from tests.conftest import ENGINES
+
+from .conftest import SEEDED, XSS_ENV, enqueue, row_id, seed
 
 
 def counts_shown(html: str) -> dict[str, int]:
@@ -151,3 +155,14 @@ def test_pages_send_guarding_headers(client: FlaskClient) -> None:
     assert "script-src 'self'" in page.headers["Content-Security-Policy"]
     assert page.headers["X-Frame-Options"] == "DENY"
     assert client.get("/static/dashboard.js").status_code == 200
+
+
+@pytest.fixture(params=ENGINES)
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """This module's pages on a seeded SQLite file, then on a seeded PostgreSQL database."""
+    if request.param == "sqlite":
+        target: Any = tmp_path / "queue.db"
+    else:
+        target = request.getfixturevalue("pg_url")
+    seed(target)
+    return target
