@@ -36,8 +36,10 @@ class LoopLink:
         self._thread: int | None = None
         self._timers: list[Any] = []
         self._waiter_fd = -1
-        #: Whether the waiter pushes changes (inotify, LISTEN): its descriptor is watched.
+        #: Whether the waiter pushes changes (inotify, LISTEN): its descriptor is watched, with the
+        #: waiter's generation (a Listener's connection; the same number may name a new socket).
         self._pushed = False
+        self._waiter_generation: int | None = None
         self._due_timer: Any = None
         self._due_at = math.inf
         self._again_timer: Any = None
@@ -56,8 +58,9 @@ class LoopLink:
         loop.add_reader(self._wake_fds[0], self._on_wake)
         self._pushed = waiter.pushes_changes
         if waiter.pushes_changes:
-            self._waiter_fd = waiter.fileno()
-            loop.add_reader(self._waiter_fd, self.on_change)
+            self._waiter_fd = -1
+            self._waiter_generation = None
+            self.watch(waiter)
             interval = MAX_WAIT
         else:
             interval = polling_interval
@@ -66,12 +69,13 @@ class LoopLink:
 
     def watch(self, waiter: ChangeWaiter | Listener) -> None:
         """Watch the waiter's descriptor again if it changed (a Listener that reconnected)."""
-        fd = waiter.fileno()
-        if self.loop is None or not self._pushed or fd == self._waiter_fd:
+        fd, generation = waiter.fileno(), getattr(waiter, "generation", None)
+        if self.loop is None or not self._pushed or (fd, generation) == (self._waiter_fd, self._waiter_generation):
             return
         if self._waiter_fd >= 0:
-            self.loop.remove_reader(self._waiter_fd)
-        self._waiter_fd = fd  # -1 while the Listener has no connection: the 1 s timer looks
+            with contextlib.suppress(KeyError, ValueError, OSError):  # closed with its old socket
+                self.loop.remove_reader(self._waiter_fd)
+        self._waiter_fd, self._waiter_generation = fd, generation  # fd -1: no connection, the 1 s timer looks
         if fd >= 0:
             self.loop.add_reader(fd, self.on_change)
 

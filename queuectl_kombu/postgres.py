@@ -247,6 +247,12 @@ def schema_script() -> str:
     text = re.sub(r"\bINTEGER\b", "BIGINT", text)
     text = re.sub(r"\bREAL\b", "DOUBLE PRECISION", text)
     text = re.sub(r"(\bvalue\s+)BLOB,", r"\1TEXT,\n    blob         BYTEA,", text)
+    # a chord counter's part marks are found by a range of keys in byte order (char(31), char(32)):
+    # compared in the database's collation (en_US: control characters ignored) the range is empty
+    results_key = "    key          TEXT PRIMARY KEY,\n    value"
+    if results_key not in text:
+        raise ValueError("schema.sql: the results table's key changed; update postgres.schema_script")
+    text = text.replace(results_key, '    key          TEXT COLLATE "C" PRIMARY KEY,\n    value')
     # the stats rows are counted into by every publish and ack of every process: one row per
     # (minute, queue, event) would make them all wait for each other's commit (and for a host cut
     # off inside one), so PostgreSQL keeps a row per shard of sessions (postgresql.sql: stats_add)
@@ -400,7 +406,9 @@ class Connection:
             raise
         except psycopg.IntegrityError as exc:
             raise ConstraintViolated(f"{self.target.display}: {str(exc).strip().splitlines()[0]}") from exc
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        except psycopg.errors.QueryCanceled as exc:  # a statement or lock timeout a DBA set
+            raise DatabaseLocked(f"{self.target.display}: {str(exc).strip().splitlines()[0]}") from exc
+        except psycopg.Error as exc:
             if self.usable and not isinstance(exc, psycopg.InterfaceError):
                 raise
             reason = (str(exc).strip().splitlines() or ["connection lost"])[0]
@@ -414,6 +422,13 @@ class Connection:
 def _migrate(conn: Connection, tgt: Target) -> None:
     """Create the schema and its tables, or check their version, in one transaction."""
     raw = conn.raw
+    with conn.errors():
+        # made already (the usual case): no DDL, so a role without CREATE on the database works
+        there = raw.execute(f"SELECT to_regclass('\"{tgt.schema}\".schema_version')").fetchone()[0]
+        if there is not None:
+            version = raw.execute(f'SELECT max(version) FROM "{tgt.schema}".schema_version').fetchone()[0]
+            if version == sql.SCHEMA_VERSION:
+                return
     with conn.errors(), raw.transaction():
         raw.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
         raw.execute(f'CREATE SCHEMA IF NOT EXISTS "{tgt.schema}"')
@@ -443,6 +458,9 @@ class Database:
     #: A claim goes straight to its UPDATE: a read first is one more round trip, and an empty
     #: claim locks nothing (SKIP LOCKED).
     look_before_claim = False
+    #: A commit's notification reaches the Listener a moment after the commit is visible: a stamp
+    #: taken in between does not show it yet (the control queues are looked at after every claim).
+    exact_stamps = False
 
     def __init__(self, url: str, *, schema: str | None = None) -> None:
         self.target = target(url, schema)
@@ -539,7 +557,15 @@ class Database:
             if conn.begin_pending:
                 conn.begin_pending = False
                 last.insert(0, conn.begin)
-            conn.raw.execute("; ".join(s for s in last if s))
+            try:
+                conn.raw.execute("; ".join(s for s in last if s))
+            except BaseException:
+                # a deferred statement or the NOTIFY failed: the transaction is aborted, not
+                # ended, and the next write of this thread must not find it open
+                if conn.usable and conn.in_transaction:
+                    with contextlib.suppress(Exception):
+                        conn.raw.execute("ROLLBACK")
+                raise
 
     def at_commit(self, conn: Connection, statement: str, rows: list[tuple[object, ...]]) -> None:
         """Run `statement` once per row of `rows` in the open write transaction, sent with its
@@ -697,17 +723,22 @@ class Listener:
         self.work_count = 0
         self._pid = os.getpid()
         self._raw: Any = None
+        #: Goes up with each connection opened: a new socket may reuse the old one's number, and
+        #: the event loop must watch it again (LoopLink.watch).
+        self.generation = 0
         self._open()
 
     @property
     def pushes_changes(self) -> bool:
-        """True while connected: the server pushes every commit's notification."""
-        return self._raw is not None
+        """The server pushes every commit's notification (while it has no connection, its
+        descriptor is -1 and the event loop watches the next one: LoopLink.watch)."""
+        return True
 
     def _open(self) -> None:
         raw = _connect(self.target, autocommit=True)
         raw.execute(f'LISTEN "{self.target.channel}"')
         self._raw = raw
+        self.generation += 1
 
     def fileno(self) -> int:
         return int(self._raw.pgconn.socket) if self._raw is not None else -1
@@ -757,6 +788,9 @@ class Listener:
             if self._raw is None:
                 select.select([], [], [], timeout)
                 return False
+            self.count += 1  # what was committed while it had no connection is unknown
+            self.work_count += 1
+            return True
         if self.drain():
             return True
         try:

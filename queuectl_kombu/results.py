@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import json
 import logging
 import sqlite3
@@ -55,7 +57,7 @@ class ResultStore:
         purge_interval: float = 60.0,
         poll_interval: float = 0.01,
     ) -> None:
-        self.db = open_database(path, synchronous) if isinstance(path, str) else path
+        self.db = open_database(path, synchronous) if isinstance(path, (str, os.PathLike)) else path
         self.path = self.db.path
         self.clock = clock
         #: Seconds between purges of expired rows by this process's writes (0: every write).

@@ -166,11 +166,10 @@ class Transport(virtual.Transport):
 
     @property
     def waiter(self) -> ChangeWaiter | Listener:
-        """Wakes this process's consumer when the database changes: the waiter of the thread
-        that consumes, whose wake-ups are the ones its change stamps count (PostgreSQL)."""
-        if self._waiter is None:
-            self._waiter = self.store.db.thread_waiter(float(self.polling_interval))
-        return self._waiter
+        """Wakes the calling thread when the database changes: that thread's waiter, whose
+        wake-ups are the ones its change stamps count (PostgreSQL). Never another thread's: a
+        pooled connection moves between threads, and a Listener's connection is one thread's."""
+        return self.store.db.thread_waiter(float(self.polling_interval))
 
     def establish_connection(self) -> Transport:
         """Open the database now, so a bad path or server fails here with a clear message."""
@@ -191,7 +190,8 @@ class Transport(virtual.Transport):
         """Deliver when the WAL file changes (inotify) or a message comes due; no polling."""
         self.unregister_from_event_loop(connection, loop)
         control.install()  # a worker: `celery inspect scheduled` lists the ETA jobs held here too
-        self.link.register(loop, self.waiter, float(self.polling_interval))
+        self._waiter = self.waiter  # the event loop's thread's: on_change runs there
+        self.link.register(loop, self._waiter, float(self.polling_interval))
 
     def unregister_from_event_loop(self, connection: Any, loop: Any) -> None:
         """Stop watching the file and cancel this transport's timers."""
@@ -222,7 +222,7 @@ class Transport(virtual.Transport):
     def deliver_control(self) -> None:
         """Deliver what the no-ack queues (pidbox, broadcast) hold now, before claimed tasks."""
         for channel in list(self.channels):
-            if channel.consumes_without_ack() and not channel.nothing_new():
+            if channel.consumes_without_ack() and not (self.store.db.exact_stamps and channel.nothing_new()):
                 channel.deliver_unacked(self._deliver)
 
     def close_connection(self, connection: Any) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Self
@@ -21,7 +23,7 @@ class StoreBase:
         self, path: str | AnyDatabase, *, synchronous: str = "NORMAL", clock: Callable[[], float] = time.time,
         schema: str | None = None,
     ) -> None:
-        self.db = open_database(path, synchronous, schema) if isinstance(path, str) else path
+        self.db = open_database(path, synchronous, schema) if isinstance(path, (str, os.PathLike)) else path
         self.path = self.db.path
         self.clock = clock
 

@@ -195,3 +195,50 @@ def test_the_planner_statistics_are_kept_without_autovacuum(pg_url: str) -> None
     plan = _claim_plan(store)
     assert "Index Scan using jobs_ready" in plan and "Sort" not in plan, plan
     store.close()
+
+
+def test_the_event_loop_watches_the_listener_again_after_it_reconnects(pg_url: str) -> None:
+    """The server ends the Listener's session: its next drain connects again, and the event loop
+    watches the new socket, even when it got the old one's descriptor number (it usually does)."""
+    from kombu.asynchronous import Hub
+
+    from queuectl_kombu.loop import LoopLink
+
+    store = JobStore(pg_url)
+    store.open()
+    listener = store.db.change_waiter()
+    hub = Hub()
+    link = LoopLink(lambda: None, lambda: [])
+    link.register(hub, listener, 0.01)
+    try:
+        assert listener.fileno() in hub.readers
+        generation = listener.generation
+        backend = listener._raw.info.backend_pid
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+        wait_for(lambda: listener.drain() and listener.generation > generation, 10,
+                 what="the Listener to notice and connect again")
+        link.watch(listener)
+        assert listener.fileno() in hub.readers
+        assert hub.readers[listener.fileno()][0] is link.on_change
+        store.publish_many([NewJob(queue="q", payload="{}")])  # and it hears the next commit
+        assert listener.wait(10) is True
+    finally:
+        link.unregister()
+        link.close()
+        hub.close()
+        listener.close()
+        store.close()
+
+
+def test_result_keys_compare_in_byte_order(pg_url: str) -> None:
+    """A chord counter's part marks are found by a range of keys around char(31): the results'
+    key is in the C collation, whatever the database's (en_US would ignore control characters)."""
+    store = JobStore(pg_url)
+    store.open()
+    (collation,) = store.db.connection().execute(
+        "SELECT collation_name FROM information_schema.columns "
+        "WHERE table_schema = 'queuectl' AND table_name = 'results' AND column_name = 'key'"
+    ).fetchone()
+    assert collation == "C"
+    store.close()
