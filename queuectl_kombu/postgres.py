@@ -29,6 +29,7 @@ import os
 import re
 import select
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -311,6 +312,8 @@ def _after_fork_in_child() -> None:
     """A forked child must never talk on its parent's sockets: each inherited connection's socket
     becomes /dev/null (the descriptor number stays taken), and the connection is kept referenced
     so that it is never finalised."""
+    global _keeper_lock
+    _keeper_lock = threading.Lock()  # another thread of the parent may have held it
     devnull = os.open(os.devnull, os.O_RDWR)
     try:
         for conn in list(_open_connections):
@@ -320,6 +323,7 @@ def _after_fork_in_child() -> None:
                     os.dup2(devnull, fd)
             _abandoned.append(conn)
         _open_connections.clear()
+        _listeners.clear()  # the parent's: its keeper thread did not come along
     finally:
         os.close(devnull)
 
@@ -711,9 +715,48 @@ class Database:
         self._ready = False
 
 
+#: A Listener its thread has not drained for this long is drained by the keeper thread: the server
+#: sends every notification to every listening session, and one that never reads them stops the
+#: server's shared notification queue from moving (after ~10^8 commits every NOTIFY would fail).
+KEEP_IDLE = 30.0
+_listeners: weakref.WeakSet[Listener] = weakref.WeakSet()
+_keeper_pid = 0
+_keeper_lock = threading.Lock()
+
+
+def keep_listeners(now: float | None = None) -> int:
+    """Drain every Listener of this process idle for KEEP_IDLE seconds and not in use now (a
+    dashboard's thread with no page open, a web thread that waited for one result); how many.
+    What they received still counts: their thread's next change stamp shows a change."""
+    now = time.monotonic() if now is None else now
+    drained = 0
+    for listener in list(_listeners):
+        if now - listener.used_at >= KEEP_IDLE and listener.drain_if_idle():
+            drained += 1
+    return drained
+
+
+def _keeper() -> None:
+    pause = threading.Event()
+    while not pause.wait(KEEP_IDLE / 3):
+        with contextlib.suppress(Exception):  # keep going whatever one listener does
+            keep_listeners()
+
+
+def _start_keeper() -> None:
+    global _keeper_pid
+    with _keeper_lock:
+        if _keeper_pid == os.getpid():
+            return
+        _keeper_pid = os.getpid()
+        threading.Thread(target=_keeper, name="queuectl-listener-keeper", daemon=True).start()
+
+
 class Listener:
     """A connection that LISTENs on a schema's channel: its socket is readable when a write
-    committed (any process, any host). Counts what it received; reconnects when dropped."""
+    committed (any process, any host). Counts what it received; reconnects when dropped. One
+    thread uses it (drain, wait), under its lock; the keeper thread drains it only when that
+    thread has left it idle for KEEP_IDLE seconds."""
 
     def __init__(self, tgt: Target) -> None:
         self.target = tgt
@@ -726,7 +769,11 @@ class Listener:
         #: Goes up with each connection opened: a new socket may reuse the old one's number, and
         #: the event loop must watch it again (LoopLink.watch).
         self.generation = 0
+        self._lock = threading.Lock()
+        self.used_at = time.monotonic()
         self._open()
+        _listeners.add(self)
+        _start_keeper()
 
     @property
     def pushes_changes(self) -> bool:
@@ -746,6 +793,21 @@ class Listener:
     def drain(self) -> bool:
         """Read what the server sent; True if a notification came (or the connection was lost
         and made again: what was sent meanwhile is unknown, so callers look again)."""
+        with self._lock:
+            self.used_at = time.monotonic()
+            return self._drain()
+
+    def drain_if_idle(self) -> bool:
+        """Drain it unless its thread is using it right now (the keeper); True if it did."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            self._drain()
+            return True
+        finally:
+            self._lock.release()
+
+    def _drain(self) -> bool:
         if self._pid != os.getpid():
             return False
         if self._raw is None:  # lost before, and the server could not be reached then
@@ -782,6 +844,11 @@ class Listener:
         """Sleep until a notification comes or `timeout` seconds pass; True if one came."""
         if timeout <= 0:
             return False
+        with self._lock:  # the keeper leaves it alone meanwhile
+            self.used_at = time.monotonic()
+            return self._wait(timeout)
+
+    def _wait(self, timeout: float) -> bool:
         if self._raw is None:
             with contextlib.suppress(DatabaseUnreachable):
                 self._open()
@@ -791,13 +858,13 @@ class Listener:
             self.count += 1  # what was committed while it had no connection is unknown
             self.work_count += 1
             return True
-        if self.drain():
+        if self._drain():
             return True
         try:
             readable, _, _ = select.select([self.fileno()], [], [], timeout)
         except (InterruptedError, ValueError):
             return False
-        return bool(readable) and self.drain()
+        return bool(readable) and self._drain()
 
     def close(self) -> None:
         if self._raw is not None and self._pid == os.getpid():

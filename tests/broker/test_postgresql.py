@@ -242,3 +242,38 @@ def test_result_keys_compare_in_byte_order(pg_url: str) -> None:
     ).fetchone()
     assert collation == "C"
     store.close()
+
+
+def test_a_listener_its_thread_left_idle_is_drained_by_the_keeper(pg_url: str) -> None:
+    """A thread that took a change stamp once (a dashboard thread, a web thread after one
+    result.get()) keeps a LISTEN session it never reads: the keeper drains it once it has been
+    idle for KEEP_IDLE, so the server's shared notification queue keeps moving; a Listener in use
+    (its thread waiting on it) is left alone."""
+    import threading
+
+    from queuectl_kombu import postgres
+
+    store = JobStore(pg_url)
+    idle: list[Any] = []
+    worker = threading.Thread(target=lambda: idle.append(store.db.thread_waiter()) or store.change_stamp())
+    worker.start()
+    worker.join(10)
+    (listener,) = idle
+    busy = store.db.change_waiter()
+    before = listener.count
+    store.publish_many([NewJob(queue="q", payload="{}")])
+    wait_for(lambda: select_readable(listener.fileno()), 10, what="the notification to reach the idle listener")
+    assert postgres.keep_listeners(now=time.monotonic()) == 0  # not idle long enough yet
+    with busy._lock:  # its thread is inside wait(): the keeper must not touch it
+        drained = postgres.keep_listeners(now=time.monotonic() + postgres.KEEP_IDLE + 1)
+        assert drained >= 1
+        assert listener.count == before + 1
+        assert busy.count == 0
+    busy.close()
+    store.close()
+
+
+def select_readable(fd: int) -> bool:
+    import select
+
+    return bool(select.select([fd], [], [], 0)[0])
