@@ -770,6 +770,7 @@ class Listener:
         #: the event loop must watch it again (LoopLink.watch).
         self.generation = 0
         self._lock = threading.Lock()
+        self._closed = False
         self.used_at = time.monotonic()
         self._open()
         _listeners.add(self)
@@ -808,7 +809,7 @@ class Listener:
             self._lock.release()
 
     def _drain(self) -> bool:
-        if self._pid != os.getpid():
+        if self._pid != os.getpid() or self._closed:
             return False
         if self._raw is None:  # lost before, and the server could not be reached then
             try:
@@ -849,6 +850,8 @@ class Listener:
             return self._wait(timeout)
 
     def _wait(self, timeout: float) -> bool:
+        if self._closed:
+            return False
         if self._raw is None:
             with contextlib.suppress(DatabaseUnreachable):
                 self._open()
@@ -867,7 +870,11 @@ class Listener:
         return bool(readable) and self._drain()
 
     def close(self) -> None:
-        if self._raw is not None and self._pid == os.getpid():
-            with contextlib.suppress(Exception):
-                self._raw.close()
-        self._raw = None
+        """Close its connection for good (the keeper, which takes the same lock, then leaves it)."""
+        with self._lock:
+            self._closed = True
+            if self._raw is not None and self._pid == os.getpid():
+                with contextlib.suppress(Exception):
+                    self._raw.close()
+            self._raw = None
+        _listeners.discard(self)
