@@ -708,11 +708,6 @@ class Database:
         self.connection().execute("SELECT 1").fetchone()
         return []
 
-    def drop_schema(self) -> None:
-        """Drop the schema with every table of queuectl in it (tests, `queuectl` never does)."""
-        with self.write() as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{self.target.schema}" CASCADE')
-        self._ready = False
 
 
 #: A Listener its thread has not drained for this long is drained by the keeper thread: the server

@@ -277,3 +277,17 @@ def select_readable(fd: int) -> bool:
     import select
 
     return bool(select.select([fd], [], [], 0)[0])
+
+
+def test_a_workers_writes_skip_the_wal_flush_and_publishes_wait_for_it(pg_url: str) -> None:
+    """write(durable=False), a worker's claims, acks and results: synchronous_commit off for that
+    transaction only; every other write waits for the flush (a publish that returned survives a
+    server crash)."""
+    store = JobStore(pg_url)
+    show = "SELECT current_setting('synchronous_commit')"
+    with store.db.write(durable=False) as conn:
+        assert conn.execute(show).fetchone()[0] == "off"
+    with store.db.write() as conn:
+        assert conn.execute(show).fetchone()[0] == "on"
+    assert store.db.connection().execute(show).fetchone()[0] == "on"
+    store.close()

@@ -437,3 +437,19 @@ def test_search_finds_task_ids_and_calls_ignoring_case(store: JobStore) -> None:
     assert [j.task_id for j in store.search_jobs(text="0%d")] == []  # % is not a wildcard here
     assert [j.id for j in store.search_jobs(text=str(first))][-1] == first  # its row id (and the "1"s)
     assert [j.task_id for j in store.search_jobs(newest_first=False)] == ["ABC-1", "x"]
+
+
+def test_the_work_stamp_moves_on_work_not_on_claims(store: JobStore, db_target: str) -> None:
+    """A publish may bring work: the work stamp moves (SQLite: on any commit). On PostgreSQL a
+    claim notifies the watchers only: the change stamp moves, the work stamp does not, so idle
+    workers do not look for work because another one claimed."""
+    other = JobStore(db_target)
+    before = store.work_stamp()
+    publish(other)
+    wait_for(lambda: store.work_stamp() != before, 10, what="the work stamp to move on a publish")
+    work, change = store.work_stamp(), store.change_stamp()
+    assert other.claim(["q"], 1, "w", 30)
+    wait_for(lambda: store.change_stamp() != change, 10, what="the change stamp to move on a claim")
+    if store.db.engine == "postgresql":
+        assert store.work_stamp() == work
+    other.close()
