@@ -42,6 +42,7 @@ from .exceptions import (
     QueuectlError,
     QueueNotFound,
 )
+from .enqueue import enqueue_in
 from .jobs import Job
 from .publishing import MAX_RETRIES_HEADER, UNIQUE_HEADER, message_rows, parse_eta, publish, stored_message
 from .routing import route
@@ -94,6 +95,7 @@ __all__ = [
     "WAL_LIMIT_BYTES",
     "__version__",
     "cancel_jobs",
+    "enqueue_in",
     "cancel_matching",
     "check_path",
     "is_control_queue",

@@ -89,6 +89,7 @@ class Channel(Routing, virtual.Channel):
         exclusive = bool(kwargs.get("exclusive"))
         auto_delete = bool(kwargs.get("auto_delete"))
         self.store.declare_queue(queue, kwargs.get("arguments"), auto_delete=auto_delete, exclusive=exclusive)
+        self._declared()
         if exclusive:
             self.transport.exclusive_queues.add(queue)
 

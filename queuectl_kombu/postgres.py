@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from . import sql
+from . import enqueue, sql
 from .rules import EVERYONE, WATCHERS
 from .exceptions import ConstraintViolated, DatabaseLocked, DatabaseUnreachable, DatabaseUnusable, InvalidValue
 
@@ -96,6 +96,12 @@ class Target:
     def channel(self) -> str:
         """The LISTEN/NOTIFY channel of this schema (notifications are per database)."""
         return f"queuectl_{self.schema}"
+
+    @property
+    def server(self) -> tuple[str, int, str]:
+        """(host, port, database name) the URL names, to match an application's connection."""
+        parts = urlsplit(self.url)
+        return (parts.hostname or "", parts.port or 5432, unquote(parts.path.strip("/")))
 
 
 def target(url: str, schema: str | None = None) -> Target:
@@ -346,9 +352,11 @@ class Connection:
     """A psycopg connection that takes the statements of sql/*.sql as they are written (translated
     here) and answers like a sqlite3.Connection: execute, executemany, in_transaction."""
 
-    def __init__(self, raw: Any, tgt: Target) -> None:
+    def __init__(self, raw: Any, tgt: Target, *, lent: bool = False) -> None:
         self.raw = raw
         self.target = tgt
+        #: The application's connection inside enqueue_in: its transaction is not ours to end.
+        self.lent = lent
         self._errors = _psycopg()
         #: A write transaction opened whose BEGIN is not sent yet: it goes with its first
         #: statement, in one round trip ("BEGIN; statement"); `begin` is what is sent.
@@ -372,10 +380,15 @@ class Connection:
     def usable(self) -> bool:
         return not (self.raw.closed or self.raw.broken)
 
+    def cursor(self) -> Any:
+        """A cursor that binds on the client and returns Rows, whatever the connection's own
+        factories (an application's connection lent to enqueue_in has its own)."""
+        return self._errors.ClientCursor(self.raw, row_factory=_row_factory)
+
     def execute(self, statement: str, params: Any = ()) -> Any:
         text, bytea_value = _statement(statement)
         with self.errors():
-            cursor = self.raw.cursor()
+            cursor = self.cursor()
             if self.begin_pending:
                 self.begin_pending = False
                 cursor.execute(self.begin + "; " + text, _params(params, bytea_value))
@@ -389,7 +402,7 @@ class Connection:
         text, bytea_value = _statement(statement)
         with self.errors():
             self.begin_now()
-            cursor = self.raw.cursor()
+            cursor = self.cursor()
             cursor.executemany(text, [_params(row, bytea_value) for row in rows], returning=returning)
             return cursor
 
@@ -481,7 +494,18 @@ class Database:
 
     def connection(self) -> Connection:
         """This thread's connection: opened (and the schema created) on first use, and again
-        once the server dropped it."""
+        once the server dropped it. Inside enqueue_in on this database, the application's."""
+        loan = enqueue.current()
+        if loan is not None and enqueue.lent_to("postgresql", server=self.target.server) is loan:
+            lent: Connection | None = loan.wrappers.get(id(self))
+            if lent is None:
+                lent = loan.wrappers[id(self)] = Connection(loan.raw, self.target, lent=True)
+            if not self._ready:
+                self._own_connection()  # the schema made (or checked) first, by a session of ours
+            return lent
+        return self._own_connection()
+
+    def _own_connection(self) -> Connection:
         if self._pid != os.getpid():
             self._local = threading.local()
             self._pid = os.getpid()
@@ -525,6 +549,10 @@ class Database:
         a worker writes (claims, acks, leases, results), whose loss runs the jobs concerned
         again, as after a worker crash. Publishes are durable: one that returned survives it."""
         conn = self.connection()
+        if conn.lent:
+            with self._lent_write(conn, wakes):
+                yield conn
+            return
         if conn.in_transaction:
             deferred = len(conn.at_commit)
             with conn.errors():
@@ -571,12 +599,49 @@ class Database:
                         conn.raw.execute("ROLLBACK")
                 raise
 
+    @contextlib.contextmanager
+    def _lent_write(self, conn: Connection, wakes: str) -> Iterator[None]:
+        """A write through the application's connection (enqueue_in): a savepoint of its
+        transaction, with this schema on the search path meanwhile, whose NOTIFY the server sends
+        when, and only if, the application commits. A connection in autocommit mode, outside a
+        transaction, gets a transaction of this write alone."""
+        raw = conn.raw
+        notify = {EVERYONE: f'NOTIFY "{self.target.channel}"',
+                  WATCHERS: f"NOTIFY \"{self.target.channel}\", '{WATCHERS}'"}.get(wakes, "")
+        alone = raw.autocommit and raw.info.transaction_status == conn._errors.pq.TransactionStatus.IDLE
+        deferred, conn.at_commit = conn.at_commit, []
+        cursor = conn.cursor()
+        with conn.errors():
+            cursor.execute(("BEGIN; " if alone else "") + "SAVEPOINT queuectl_publish; "
+                           "SELECT current_setting('search_path'); SELECT set_config('search_path', %s, true)",
+                           (f'"{self.target.schema}"',))
+            for _ in range(2 if alone else 1):
+                cursor.nextset()
+            search_path = cursor.fetchone()[0]
+            try:
+                yield
+                last = [*conn.at_commit, notify,
+                        cursor.mogrify("SELECT set_config('search_path', %s, true)", (search_path,)),
+                        "RELEASE SAVEPOINT queuectl_publish", "COMMIT" if alone else ""]
+                cursor.execute("; ".join(s for s in last if s))
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    cursor.execute("ROLLBACK TO SAVEPOINT queuectl_publish; RELEASE SAVEPOINT queuectl_publish"
+                                   + ("; ROLLBACK" if alone else ""))
+                raise
+            finally:
+                conn.at_commit = deferred
+
     def at_commit(self, conn: Connection, statement: str, rows: list[tuple[object, ...]]) -> None:
         """Run `statement` once per row of `rows` in the open write transaction, sent with its
         COMMIT (one round trip; an error there fails the commit as it would have the statement).
         Outside a write transaction, now."""
         text, bytea_value = _statement(statement)
-        cursor = conn.raw.cursor()
+        if conn.lent and statement == sql.QUERIES["stats_add"]:
+            # counted apart (a row of its own per session): an application's transaction may stay open a while,
+            # and the stats rows it holds must not be those the workers' acks update
+            text = text.replace("pg_backend_pid() % 16", "16 + pg_backend_pid()")
+        cursor = conn.cursor()
         bound = [cursor.mogrify(text, _params(row, bytea_value)) for row in rows]
         if not conn.in_transaction:
             for query in bound:

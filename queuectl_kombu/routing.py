@@ -8,6 +8,7 @@ from typing import Any
 from kombu.exceptions import ChannelError
 from kombu.transport.virtual.exchange import TopicExchange
 
+from . import enqueue
 from .store import JobStore
 
 #: kombu's topic matching (patterns compiled once per process; it needs no channel).
@@ -38,6 +39,13 @@ class Routing:
     store: JobStore
     exchange_types: dict[str, Any]
     deadletter_queue: str | None
+    connection: Any
+
+    def _declared(self) -> None:
+        """A declaration inside enqueue_in may be rolled back by the application: its kombu
+        connection forgets what it declared when the block ends (enqueue.Loan.declared_by)."""
+        if enqueue.current() is not None:
+            enqueue.note_declaration(getattr(self.connection, "client", None))
 
     def exchange_declare(
         self, exchange: str | None = None, type: str = "direct", durable: bool = False,
@@ -57,6 +65,7 @@ class Routing:
         if type not in self.exchange_types:
             raise ChannelError(f"exchange type {type!r} is not supported", (50, 10), "Channel.exchange_declare", "503")
         self.store.declare_exchange(exchange, type, durable=durable, auto_delete=auto_delete, arguments=arguments)
+        self._declared()
 
     def exchange_delete(self, exchange: str, if_unused: bool = False, nowait: bool = False) -> None:
         """Delete an exchange and its bindings."""
@@ -68,6 +77,7 @@ class Routing:
     ) -> None:
         """Bind `queue` to `exchange` in the database."""
         self.store.bind(exchange or "amq.direct", queue, routing_key or "", arguments)
+        self._declared()
 
     def queue_unbind(
         self, queue: str, exchange: str | None = None, routing_key: str = "",

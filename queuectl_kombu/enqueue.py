@@ -1,0 +1,171 @@
+"""Transactional enqueue: Celery messages written through the application's own database
+connection, so that they commit or roll back with its data (docs/transactions.md).
+
+    with enqueue_in(connection):
+        order_confirmation.delay(order.id)
+
+Inside the block, every queuectl database of this thread that lives where `connection` points
+(the same SQLite file, or a file ATTACHed to it; the same PostgreSQL database) reads and writes
+through that connection: a publish is a savepoint inside the application's transaction, never a
+commit of its own. The application commits (or rolls back) as it always does; workers see the
+messages, and are woken, only when it commits. The engine modules (db.py, postgres.py) ask
+`lent_to` for the connection; this module knows nothing of their SQL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .exceptions import InvalidInput
+
+#: The tables by which unqualified statements must reach the queue (an ATTACHed queue file must
+#: not be shadowed by tables of the same names in the application's own file).
+QUEUE_TABLES = ("jobs", "results", "queues", "consumers", "bindings", "exchanges", "stats", "config")
+
+
+@dataclass
+class Loan:
+    """The application's connection lent to queuectl for the length of an `enqueue_in` block."""
+
+    engine: str  # "sqlite" or "postgresql"
+    raw: Any  # sqlite3.Connection or psycopg.Connection
+    #: SQLite: the real paths of the files the connection has open (main and ATTACHed ones).
+    files: frozenset[str] = frozenset()
+    #: PostgreSQL: (host, port, dbname) of the server session.
+    server: tuple[str, int, str] | None = None
+    #: kombu connections whose declarations (queues, exchanges, bindings) were written through
+    #: this loan: their cache of declared entities is forgotten when the block ends, since the
+    #: application may roll the declarations back (the next publish declares again).
+    declared_by: list[Any] = field(default_factory=list)
+    #: Engine-specific wrappers made for this loan (one per queuectl Database).
+    wrappers: dict[int, Any] = field(default_factory=dict)
+    pid: int = field(default_factory=os.getpid)
+
+
+_loan: contextvars.ContextVar[Loan | None] = contextvars.ContextVar("queuectl_loan", default=None)
+
+
+def current() -> Loan | None:
+    """The loan of the calling thread (or asyncio task), if it is inside `enqueue_in`."""
+    loan = _loan.get()
+    if loan is not None and loan.pid != os.getpid():
+        return None  # a fork inside the block: the child has no business with the parent's connection
+    return loan
+
+
+def lent_to(engine: str, *, path: str | None = None, server: tuple[str, int, str] | None = None) -> Loan | None:
+    """The current loan if it serves the database `path` (SQLite) or `server` (PostgreSQL)."""
+    loan = current()
+    if loan is None or loan.engine != engine:
+        return None
+    if engine == "sqlite":
+        return loan if path is not None and os.path.realpath(path) in loan.files else None
+    return loan if server is not None and loan.server is not None and _same_server(loan.server, server) else None
+
+
+def _same_server(a: tuple[str, int, str], b: tuple[str, int, str]) -> bool:
+    local = {"", "localhost", "127.0.0.1", "::1"}
+    host_a, host_b = a[0] or "", b[0] or ""
+    same_host = host_a == host_b or (host_a in local or host_a.startswith("/")) and (host_b in local or host_b.startswith("/"))
+    return same_host and int(a[1] or 5432) == int(b[1] or 5432) and a[2] == b[2]
+
+
+def dbapi_connection(connection: Any) -> Any:
+    """The DB-API connection under what an application holds: a sqlite3 or psycopg connection as
+    it is; a SQLAlchemy Session (its connection in the current transaction), Connection or pooled
+    connection; a Django connection (django.db.connection or connections[alias])."""
+    if isinstance(connection, sqlite3.Connection):
+        return connection
+    module = type(connection).__module__ or ""
+    if module.startswith("psycopg2"):
+        raise InvalidInput("enqueue_in needs a psycopg 3 connection, not psycopg2's: "
+                           "install psycopg and use it (SQLAlchemy: postgresql+psycopg://)")
+    if module.startswith("psycopg"):
+        return connection
+    if module.startswith("sqlalchemy"):
+        if hasattr(connection, "get_bind") and hasattr(connection, "connection"):  # Session
+            connection = connection.connection()
+        if hasattr(connection, "get_isolation_level") and hasattr(connection, "connection"):  # Connection
+            connection = connection.connection
+        raw = getattr(connection, "dbapi_connection", None) or getattr(connection, "driver_connection", None)
+        if raw is None:
+            raise InvalidInput(f"enqueue_in cannot find the DB-API connection of {type(connection).__name__}")
+        return dbapi_connection(raw)
+    if hasattr(connection, "ensure_connection") and hasattr(connection, "vendor"):  # Django
+        connection.ensure_connection()
+        return dbapi_connection(connection.connection)
+    raise InvalidInput(
+        f"enqueue_in takes a sqlite3 or psycopg connection, a SQLAlchemy Session or Connection, "
+        f"or a Django connection, not {type(connection).__module__}.{type(connection).__name__}"
+    )
+
+
+def _sqlite_files(raw: sqlite3.Connection) -> frozenset[str]:
+    """The real paths of the files a connection has open whose unqualified table names reach a
+    queuectl schema: the main file if it holds one, else an ATTACHed one, provided no schema
+    searched before it (main, temp) holds a table of the same name."""
+    files: set[str] = set()
+    shadowing: set[str] = set()
+    for _, name, path in raw.execute("PRAGMA database_list").fetchall():
+        quoted = '"' + str(name).replace('"', '""') + '"'
+        tables = {r[0] for r in raw.execute(f"SELECT name FROM {quoted}.sqlite_master WHERE type = 'table'")}
+        if "jobs" in tables and "queues" in tables and path:
+            clash = shadowing & set(QUEUE_TABLES)
+            if clash:
+                raise InvalidInput(
+                    f"the queue attached as {name!r} is hidden by the table(s) {', '.join(sorted(clash))} "
+                    f"of a schema searched before it: rename them, or keep the queue in the main file"
+                )
+            files.add(os.path.realpath(path))
+        shadowing |= tables
+    return frozenset(files)
+
+
+def _pg_server(raw: Any) -> tuple[str, int, str]:
+    info = raw.info
+    return (str(info.host or ""), int(info.port or 5432), str(info.dbname))
+
+
+@contextlib.contextmanager
+def enqueue_in(connection: Any) -> Iterator[Loan]:
+    """Publish through `connection` inside this block: the messages sent here (delay,
+    apply_async, send_task, canvas) are rows of the application's open transaction, and commit
+    or roll back with it. Nothing is committed by this block: the application's commit is.
+
+    `connection` is a sqlite3 connection on the queue's file (or with the file ATTACHed), a
+    psycopg 3 connection to the queue's database, a SQLAlchemy Session or Connection, or a
+    Django connection; dbapi_connection() says which. Blocks nest (the innermost connection is
+    used). A connection that holds no transaction (autocommit) commits each publish at once.
+    """
+    raw = dbapi_connection(connection)
+    if isinstance(raw, sqlite3.Connection):
+        files = _sqlite_files(raw)
+        if not files:
+            raise InvalidInput("enqueue_in: this SQLite connection has no queuectl database open "
+                               "(connect to the queue's file, or ATTACH it)")
+        loan = Loan(engine="sqlite", raw=raw, files=files)
+    else:
+        loan = Loan(engine="postgresql", raw=raw, server=_pg_server(raw))
+    token = _loan.set(loan)
+    try:
+        yield loan
+    finally:
+        _loan.reset(token)
+        for client in loan.declared_by:
+            declared = getattr(client, "declared_entities", None)
+            if declared is not None:
+                declared.clear()
+
+
+def note_declaration(client: Any) -> None:
+    """A queue, exchange or binding was declared through the current loan by kombu connection
+    `client`: see Loan.declared_by."""
+    loan = current()
+    if loan is not None and client is not None and all(c is not client for c in loan.declared_by):
+        loan.declared_by.append(client)
