@@ -42,6 +42,7 @@ from .exceptions import (
     QueuectlError,
     QueueNotFound,
 )
+from .db import install_schema
 from .enqueue import enqueue_in
 from .jobs import Job
 from .publishing import MAX_RETRIES_HEADER, UNIQUE_HEADER, message_rows, parse_eta, publish, stored_message
@@ -96,6 +97,7 @@ __all__ = [
     "__version__",
     "cancel_jobs",
     "enqueue_in",
+    "install_schema",
     "cancel_matching",
     "check_path",
     "is_control_queue",

@@ -494,18 +494,7 @@ class Database:
 
     def connection(self) -> Connection:
         """This thread's connection: opened (and the schema created) on first use, and again
-        once the server dropped it. Inside enqueue_in on this database, the application's."""
-        loan = enqueue.current()
-        if loan is not None and enqueue.lent_to("postgresql", server=self.target.server) is loan:
-            lent: Connection | None = loan.wrappers.get(id(self))
-            if lent is None:
-                lent = loan.wrappers[id(self)] = Connection(loan.raw, self.target, lent=True)
-            if not self._ready:
-                self._own_connection()  # the schema made (or checked) first, by a session of ours
-            return lent
-        return self._own_connection()
-
-    def _own_connection(self) -> Connection:
+        once the server dropped it."""
         if self._pid != os.getpid():
             self._local = threading.local()
             self._pid = os.getpid()
@@ -538,7 +527,7 @@ class Database:
         return conn
 
     @contextlib.contextmanager
-    def write(self, *, durable: bool = True, wakes: str = EVERYONE) -> Iterator[Connection]:
+    def write(self, *, durable: bool = True, wakes: str = EVERYONE, publishes: bool = False) -> Iterator[Connection]:
         """A write transaction (a savepoint inside another of this thread), which notifies the
         schema's channel as it commits (rules.EVERYONE): every waiting worker and result looks
         again. WATCHERS: the notification says so, and workers do not look for work because of it
@@ -547,12 +536,19 @@ class Database:
         Not `durable`: the commit does not wait for the server's WAL flush (synchronous_commit
         off). A server crash can then lose the last moments of such commits, in commit order: what
         a worker writes (claims, acks, leases, results), whose loss runs the jobs concerned
-        again, as after a worker crash. Publishes are durable: one that returned survives it."""
+        again, as after a worker crash. Publishes are durable: one that returned survives it.
+
+        A write that `publishes` inside enqueue_in on this database goes through the
+        application's connection instead (_lent_write). Everything else stays on ours: reads,
+        and declarations of queues, exchanges and bindings, which commit at once (as on RabbitMQ,
+        they are not part of a transaction, and a rollback cannot take them back)."""
+        if publishes and enqueue.current() is not None:
+            lent = self._lent_connection()
+            if lent is not None:
+                with self._lent_write(lent, wakes):
+                    yield lent
+                return
         conn = self.connection()
-        if conn.lent:
-            with self._lent_write(conn, wakes):
-                yield conn
-            return
         if conn.in_transaction:
             deferred = len(conn.at_commit)
             with conn.errors():
@@ -598,6 +594,17 @@ class Database:
                     with contextlib.suppress(Exception):
                         conn.raw.execute("ROLLBACK")
                 raise
+
+    def _lent_connection(self) -> Connection | None:
+        """The application's connection of the current enqueue_in block, if it is to this database."""
+        loan = enqueue.lent_to("postgresql", server=self.target.server)
+        if loan is None:
+            return None
+        lent: Connection | None = loan.wrappers.get(id(self))
+        if lent is None:
+            self.connection()  # the schema made (or checked) by a session of ours first
+            lent = loan.wrappers[id(self)] = Connection(loan.raw, self.target, lent=True)
+        return lent
 
     @contextlib.contextmanager
     def _lent_write(self, conn: Connection, wakes: str) -> Iterator[None]:

@@ -73,7 +73,7 @@ class JobChanges(ConfigStore):
         With unique_task_ids, a task id that any job already has (or that repeats in `jobs`)
         raises DuplicateJob and nothing is written.
         """
-        with self.db.write() as conn:
+        with self.db.write(publishes=True) as conn:
             ids = self._insert(conn, list(jobs), unique_task_ids, set())
         self._committed()
         _log_pending(ids)
@@ -89,7 +89,7 @@ class JobChanges(ConfigStore):
         count = 0
         seen: set[str] = set()
         published: list[list[int]] = []
-        with self.db.cache_size(BULK_CACHE_KIB), self.db.write() as conn:
+        with self.db.cache_size(BULK_CACHE_KIB), self.db.write(publishes=True) as conn:
             for batch in batches:
                 ids = self._insert(conn, list(batch), unique_task_ids, seen)
                 if ids:

@@ -1,0 +1,237 @@
+"""enqueue_in: messages written through the application's connection commit or roll back with
+its data, on both engines; workers see them, and are woken, only after the commit."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery, chain, group
+
+from queuectl_kombu import InvalidInput, JobStore, enqueue_in, install_schema
+from tests.support.waiting import wait_for
+
+from .conftest import Queue
+
+
+def test_a_commit_publishes_the_messages_with_the_data(queue: Queue, producer: Celery) -> None:
+    conn = queue.connect()
+    conn.execute(f"INSERT INTO orders (id) VALUES ({queue.mark})", (1,))
+    with enqueue_in(conn):
+        producer.send_task("orders.confirm", (1,))
+        producer.signature("orders.confirm").delay(1)
+    assert queue.jobs() == 0, "another connection saw messages of an open transaction"
+    conn.commit()
+    assert queue.jobs() == 2
+    assert queue.orders() == {1}
+    conn.close()
+
+
+def test_a_rollback_publishes_nothing(queue: Queue, producer: Celery) -> None:
+    conn = queue.connect()
+    conn.execute(f"INSERT INTO orders (id) VALUES ({queue.mark})", (1,))
+    with enqueue_in(conn):
+        producer.send_task("orders.confirm", (1,))
+    conn.rollback()
+    assert queue.jobs() == 0
+    assert queue.orders() == set()
+    # the connection goes on working, and the next transaction publishes
+    conn.execute(f"INSERT INTO orders (id) VALUES ({queue.mark})", (2,))
+    with enqueue_in(conn):
+        producer.send_task("orders.confirm", (2,))
+    conn.commit()
+    assert queue.jobs() == 1
+    conn.close()
+
+
+def test_an_exception_inside_the_block_rolls_everything_back(queue: Queue, producer: Celery) -> None:
+    conn = queue.connect()
+    with pytest.raises(RuntimeError, match="payment refused"):
+        with conn:  # sqlite3 and psycopg alike: commit on success, roll back on an exception
+            conn.execute(f"INSERT INTO orders (id) VALUES ({queue.mark})", (1,))
+            with enqueue_in(conn):
+                producer.send_task("orders.confirm", (1,))
+                raise RuntimeError("payment refused")
+    assert queue.jobs() == 0
+    assert queue.orders() == set()
+
+
+def test_nested_savepoints_keep_or_drop_their_own_messages(queue: Queue, producer: Celery) -> None:
+    conn = queue.connect()
+    conn.execute(f"INSERT INTO orders (id) VALUES ({queue.mark})", (1,))
+    with enqueue_in(conn):
+        producer.send_task("orders.confirm", (1,), task_id="outer")
+        conn.execute("SAVEPOINT gift")
+        producer.send_task("orders.confirm", (2,), task_id="dropped")
+        conn.execute("ROLLBACK TO SAVEPOINT gift")  # the application drops its inner step
+        conn.execute("RELEASE SAVEPOINT gift")
+        conn.execute("SAVEPOINT wrap")
+        producer.send_task("orders.confirm", (3,), task_id="kept")
+        conn.execute("RELEASE SAVEPOINT wrap")
+    conn.commit()
+    conn.close()
+    assert queue.task_ids() == ["kept", "outer"]
+
+
+def test_a_failed_publish_rolls_back_only_its_own_savepoint(queue: Queue, producer: Celery) -> None:
+    from queuectl_kombu import UNIQUE_HEADER, DuplicateJob
+
+    conn = queue.connect()
+    conn.execute(f"INSERT INTO orders (id) VALUES ({queue.mark})", (1,))
+    with enqueue_in(conn):
+        producer.send_task("orders.confirm", (1,), task_id="confirm-1")
+        with pytest.raises(DuplicateJob):
+            producer.send_task("orders.confirm", (1,), task_id="confirm-1", headers={UNIQUE_HEADER: True})
+    conn.commit()
+    assert queue.jobs() == 1
+    assert queue.orders() == {1}
+    conn.close()
+
+
+def test_canvas_and_apply_async_go_through_the_application_connection(queue: Queue, producer: Celery) -> None:
+    confirm = producer.signature("orders.confirm")
+    conn = queue.connect()
+    with enqueue_in(conn):
+        group(confirm.clone((i,)) for i in range(3)).apply_async()
+        chain(confirm.clone((10,)), confirm.clone((11,), immutable=True)).apply_async()  # the chain's first task is sent
+        confirm.clone((12,)).apply_async(countdown=60)
+    assert queue.jobs() == 0
+    conn.rollback()
+    assert queue.jobs() == 0
+    with enqueue_in(conn):
+        group(confirm.clone((i,)) for i in range(3)).apply_async()
+        chain(confirm.clone((10,)), confirm.clone((11,), immutable=True)).apply_async()
+        confirm.clone((12,)).apply_async(countdown=60)
+    conn.commit()
+    assert queue.jobs() == 5
+    conn.close()
+
+
+def test_an_autocommit_connection_commits_each_publish(queue: Queue, producer: Celery) -> None:
+    if queue.is_postgres:
+        import psycopg
+
+        conn: Any = psycopg.connect(queue.target, autocommit=True)
+    else:
+        conn = sqlite3.connect(queue.target, isolation_level=None)
+    with enqueue_in(conn):
+        producer.send_task("orders.confirm", (1,))
+        assert queue.jobs() == 1
+    assert not (conn.in_transaction if isinstance(conn, sqlite3.Connection) else conn.info.transaction_status)
+    conn.close()
+
+
+def test_a_sqlalchemy_session_commits_or_rolls_back_its_messages(queue: Queue, producer: Celery) -> None:
+    sa = pytest.importorskip("sqlalchemy")
+    from sqlalchemy.orm import Session
+
+    url = queue.target.replace("postgresql://", "postgresql+psycopg://", 1) if queue.is_postgres \
+        else f"sqlite:///{queue.target}"
+    engine = sa.create_engine(url)
+    try:
+        with Session(engine) as session:
+            session.execute(sa.text("INSERT INTO orders (id) VALUES (1)"))
+            with enqueue_in(session):
+                producer.send_task("orders.confirm", (1,))
+            session.rollback()
+        assert (queue.jobs(), queue.orders()) == (0, set())
+        with Session(engine) as session, session.begin():
+            session.execute(sa.text("INSERT INTO orders (id) VALUES (2)"))
+            with enqueue_in(session):
+                producer.send_task("orders.confirm", (2,))
+            assert queue.jobs() == 0
+        assert (queue.jobs(), queue.orders()) == (1, {2})
+        with engine.begin() as connection:  # a Connection, not a Session
+            connection.execute(sa.text("INSERT INTO orders (id) VALUES (3)"))
+            with enqueue_in(connection):
+                producer.send_task("orders.confirm", (3,))
+        assert (queue.jobs(), queue.orders()) == (2, {2, 3})
+    finally:
+        engine.dispose()
+
+
+def test_workers_see_the_message_only_after_the_commit(queue: Queue, producer: Celery, start_worker: Any) -> None:
+    worker = start_worker()
+    conn = queue.connect()
+    conn.execute(f"INSERT INTO orders (id) VALUES ({queue.mark})", (7,))
+    with enqueue_in(conn):
+        producer.send_task("orders.confirm", (7,))
+    # the worker is up and waiting: what it can see is what another connection sees
+    assert queue.jobs() == 0 and queue.ran() == []
+    conn.commit()
+    conn.close()
+    wait_for(lambda: queue.ran() == [7], 30, what="orders.confirm(7) to run once after the commit",
+             on_fail=worker.tail)
+
+
+def test_bad_connections_get_a_clear_error(queue: Queue, tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="takes a sqlite3 or psycopg connection"):
+        with enqueue_in(object()):
+            pass
+    other = sqlite3.connect(tmp_path / "app.db")
+    with pytest.raises(InvalidInput, match="has no queuectl database open"):
+        with enqueue_in(other):
+            pass
+    other.close()
+
+
+def test_a_queue_file_attached_to_the_application_file(tmp_path: Path) -> None:
+    queue_file, app_file = tmp_path / "queue.db", tmp_path / "app.db"
+    install_schema(queue_file)
+    producer = Celery("producer", broker=f"sqlite:///{queue_file}")
+    conn = sqlite3.connect(app_file)
+    conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+    conn.execute("ATTACH DATABASE ? AS queue", (str(queue_file),))
+    conn.execute("INSERT INTO orders (id) VALUES (1)")
+    with enqueue_in(conn):
+        producer.send_task("orders.confirm", (1,))
+    conn.rollback()
+    assert conn.execute("SELECT COUNT(*) FROM queue.jobs").fetchone()[0] == 0
+    conn.execute("INSERT INTO orders (id) VALUES (2)")
+    with enqueue_in(conn):
+        producer.send_task("orders.confirm", (2,))
+    conn.commit()
+    check = sqlite3.connect(queue_file)
+    assert check.execute("SELECT COUNT(*) FROM jobs WHERE task_name = 'orders.confirm'").fetchone()[0] == 1
+    check.close()
+    # a table of the application named like one of the queue's would hide it: refused
+    conn.execute("CREATE TABLE main.jobs (x)")
+    conn.commit()
+    with pytest.raises(InvalidInput, match="hidden by the table"):
+        with enqueue_in(conn):
+            pass
+    conn.close()
+    producer.close()
+
+
+def test_install_schema_adopts_an_application_file_others_refuse(tmp_path: Path) -> None:
+    from queuectl_kombu import DatabaseUnusable
+
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(DatabaseUnusable, match="queuectl init"):
+        JobStore(str(path)).open()
+    install_schema(path)
+    JobStore(str(path)).open()
+    conn = sqlite3.connect(path)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    conn.close()
+    assert {"orders", "jobs", "results"} <= tables
+
+
+def test_django_atomic_blocks_commit_or_roll_back_their_messages(queue: Queue, tmp_path: Path) -> None:
+    pytest.importorskip("django")
+    from tests.support.processes import run
+
+    from .conftest import APPS
+
+    done = run([sys.executable, str(APPS / "django_orders.py")], env=queue.env(), timeout=60, cwd=tmp_path)
+    assert done.returncode == 0 and "done" in done.stdout, done.stderr
+    assert queue.orders() == {1, 3, 5}
+    assert queue.task_ids() == ["django-1", "django-3", "django-5"]
