@@ -41,7 +41,9 @@ from .exceptions import (
     PayloadTooLarge,
     QueuectlError,
     QueueNotFound,
+    WorkersRunning,
 )
+from .copying import CopyReport, copy_queue
 from .db import install_schema
 from .enqueue import enqueue_in
 from .jobs import Job
@@ -61,6 +63,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CANCELLED",
     "Cancellation",
+    "CopyReport",
     "DEFAULTS",
     "DatabaseLocked",
     "ConstraintViolated",
@@ -94,11 +97,13 @@ __all__ = [
     "Setting",
     "UNIQUE_HEADER",
     "WAL_LIMIT_BYTES",
+    "WorkersRunning",
     "__version__",
     "cancel_jobs",
     "enqueue_in",
     "install_schema",
     "cancel_matching",
+    "copy_queue",
     "check_path",
     "is_control_queue",
     "is_postgres_url",

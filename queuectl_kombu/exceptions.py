@@ -77,3 +77,7 @@ class DuplicateJob(QueuectlError):
 
 class PayloadTooLarge(QueuectlError):
     """The message is larger than queuectl accepts."""
+
+
+class WorkersRunning(QueuectlError):
+    """Workers are consuming from the database an operation needs at rest."""

@@ -527,6 +527,22 @@ class Database:
         return conn
 
     @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A read transaction: every statement inside sees the database as of its first read
+        (REPEATABLE READ)."""
+        conn = self.connection()
+        if conn.in_transaction:
+            yield conn
+            return
+        with conn.errors():
+            conn.raw.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            yield conn
+        finally:
+            with contextlib.suppress(Exception):
+                conn.raw.execute("COMMIT")
+
+    @contextlib.contextmanager
     def write(self, *, durable: bool = True, wakes: str = EVERYONE, publishes: bool = False) -> Iterator[Connection]:
         """A write transaction (a savepoint inside another of this thread), which notifies the
         schema's channel as it commits (rules.EVERYONE): every waiting worker and result looks

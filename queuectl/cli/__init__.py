@@ -12,7 +12,7 @@ import click
 
 from queuectl_kombu import InvalidInput, QueuectlError
 from ..settings import default_db_path
-from . import cancel, config, dashboard, dlq, enqueue, jobs, monitoring, queues, worker
+from . import cancel, config, dashboard, dlq, enqueue, jobs, monitoring, queues, transfer, worker
 from .context import CliState
 
 EXAMPLES = """\b
@@ -37,6 +37,8 @@ Examples:
   queuectl metrics
   queuectl health --max-pending-age 300
   queuectl dashboard --port 8000
+  queuectl --db app.db init        (the queue beside an application's tables)
+  queuectl copy queue.db postgresql://app@db:5432/app
 """
 
 
@@ -124,7 +126,7 @@ def cli(ctx: click.Context, db_path: str | None, verbose: int) -> None:
 
 for _command in (enqueue.enqueue, enqueue.run, worker.worker, jobs.status, jobs.list_jobs, jobs.show, dlq.dlq,
                  cancel.cancel, queues.queue, config.config, monitoring.metrics, monitoring.health,
-                 dashboard.dashboard):
+                 dashboard.dashboard, transfer.init, transfer.copy):
     cli.add_command(_command)
 
 

@@ -40,3 +40,13 @@ INSERT INTO stats (minute, queue, event, count, shard)
 SELECT 0, queue, event, SUM(count), 0 FROM stats WHERE minute > 0 AND minute < :cutoff
 GROUP BY queue, event
 ON CONFLICT (minute, queue, event, shard) DO UPDATE SET count = stats.count + excluded.count
+
+-- name: copy_results_out
+SELECT key, value, blob, state, counter, expires_at, updated_at FROM results
+WHERE expires_at IS NULL OR expires_at > :now ORDER BY key
+
+-- name: copy_result_in
+-- :value is a str (NULL when the value is bytes), :blob the bytes
+INSERT INTO results (key, value, blob, state, counter, expires_at, updated_at)
+VALUES (:key, :value, :blob, :state, :counter, :expires_at, :updated_at)
+ON CONFLICT (key) DO NOTHING

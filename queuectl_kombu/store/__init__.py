@@ -6,6 +6,7 @@ one method per verb, every job state change. Its parts, by what they hold:
 - topology.py: queues (pause and resume), exchanges, bindings, consumers;
 - housekeeping.py: leases renewed and recovered, completed jobs pruned, old stats folded;
 - metrics.py: reads for the metrics and the health check;
+- transfer.py: a whole queue read out of one database and written into another (copy);
 - config.py: the config table; base.py: the database, the clock, commits and the WAL.
 """
 
@@ -16,9 +17,11 @@ from .jobs import JobChanges, NewJob
 from .metrics import STATS_EVENTS, MetricReads
 from .reading import JobReads
 from .topology import CONSUMER_HEARTBEAT, CONSUMER_TIMEOUT, QueueInfo, Topology
+from .transfer import QueueRows, Transfer, Written
 
-__all__ = ["CONSUMER_HEARTBEAT", "CONSUMER_TIMEOUT", "STATS_EVENTS", "JobStore", "NewJob", "QueueInfo"]
+__all__ = ["CONSUMER_HEARTBEAT", "CONSUMER_TIMEOUT", "STATS_EVENTS", "JobStore", "NewJob", "QueueInfo", "QueueRows",
+           "Written"]
 
 
-class JobStore(JobChanges, Housekeeping, JobReads, MetricReads, Topology):
+class JobStore(JobChanges, Housekeeping, JobReads, MetricReads, Topology, Transfer):
     """Every statement against one queuectl database goes through here (results: ResultStore)."""
