@@ -633,26 +633,29 @@ class Database:
                   WATCHERS: f"NOTIFY \"{self.target.channel}\", '{WATCHERS}'"}.get(wakes, "")
         alone = raw.autocommit and raw.info.transaction_status == conn._errors.pq.TransactionStatus.IDLE
         deferred, conn.at_commit = conn.at_commit, []
-        cursor = conn.cursor()
+        # sent with the first statement, in its round trip (Connection.execute): the savepoint,
+        # the application's search_path kept aside in a setting of this transaction, ours set
+        conn.begin = (("BEGIN; " if alone else "") + "SAVEPOINT queuectl_publish; "
+                      "SELECT set_config('queuectl.search_path', current_setting('search_path'), true); "
+                      f"SELECT set_config('search_path', '\"{self.target.schema}\"', true)")
+        conn.begin_pending = True
         with conn.errors():
-            cursor.execute(("BEGIN; " if alone else "") + "SAVEPOINT queuectl_publish; "
-                           "SELECT current_setting('search_path'); SELECT set_config('search_path', %s, true)",
-                           (f'"{self.target.schema}"',))
-            for _ in range(2 if alone else 1):
-                cursor.nextset()
-            search_path = cursor.fetchone()[0]
             try:
                 yield
+                if conn.begin_pending:  # nothing was written
+                    return
                 last = [*conn.at_commit, notify,
-                        cursor.mogrify("SELECT set_config('search_path', %s, true)", (search_path,)),
+                        "SELECT set_config('search_path', current_setting('queuectl.search_path'), true)",
                         "RELEASE SAVEPOINT queuectl_publish", "COMMIT" if alone else ""]
-                cursor.execute("; ".join(s for s in last if s))
+                raw.execute("; ".join(s for s in last if s))
             except BaseException:
-                with contextlib.suppress(Exception):
-                    cursor.execute("ROLLBACK TO SAVEPOINT queuectl_publish; RELEASE SAVEPOINT queuectl_publish"
-                                   + ("; ROLLBACK" if alone else ""))
+                if not conn.begin_pending:
+                    with contextlib.suppress(Exception):
+                        raw.execute("ROLLBACK TO SAVEPOINT queuectl_publish; RELEASE SAVEPOINT queuectl_publish"
+                                    + ("; ROLLBACK" if alone else ""))
                 raise
             finally:
+                conn.begin_pending = False
                 conn.at_commit = deferred
 
     def at_commit(self, conn: Connection, statement: str, rows: list[tuple[object, ...]]) -> None:
