@@ -235,3 +235,26 @@ def test_django_atomic_blocks_commit_or_roll_back_their_messages(queue: Queue, t
     assert done.returncode == 0 and "done" in done.stdout, done.stderr
     assert queue.orders() == {1, 3, 5}
     assert queue.task_ids() == ["django-1", "django-3", "django-5"]
+
+
+def test_the_commit_wakes_the_waiters(queue: Queue, producer: Celery) -> None:
+    """What a waiting worker waits on (inotify on the -wal file; the Listener's NOTIFY) fires at
+    the application's commit. On PostgreSQL the server delivers the NOTIFY of the publish only
+    then: a listener has nothing before it."""
+    store = JobStore(queue.target)
+    waiter = store.db.change_waiter()
+    conn = queue.connect()
+    try:
+        producer.send_task("orders.confirm", (0,))  # connected and declared: the next publish is the job alone
+        waiter.wait(5)
+        waiter.drain()
+        with enqueue_in(conn):
+            producer.send_task("orders.confirm", (1,))
+        if queue.is_postgres:
+            assert not waiter.drain(), "a notification left before the commit"
+        conn.commit()
+        assert waiter.wait(10), "the commit woke no waiter"
+    finally:
+        conn.close()
+        waiter.close()
+        store.close()
