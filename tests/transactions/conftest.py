@@ -52,7 +52,7 @@ class Queue:
     def jobs(self, task: str = "orders.confirm") -> int:
         """Messages of `task` committed to the queue (any state), seen by another connection."""
         table = "queuectl.jobs" if self.is_postgres else "jobs"
-        return int(self.scalar(f"SELECT COUNT(*) FROM {table} WHERE task_name = '{task}'"))
+        return int(self.scalar(f"SELECT COUNT(*) FROM {table} WHERE task_name = '{task}' AND queue = 'celery'"))
 
     def task_ids(self, task: str = "orders.confirm") -> list[str]:
         """The task ids of the committed messages of `task`, sorted."""

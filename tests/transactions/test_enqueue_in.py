@@ -258,3 +258,29 @@ def test_the_commit_wakes_the_waiters(queue: Queue, producer: Celery) -> None:
         conn.close()
         waiter.close()
         store.close()
+
+
+def test_declarations_rolled_back_with_the_application_are_made_again(queue: Queue) -> None:
+    """A topic exchange and its binding, first declared by a publish inside the block, are rolled
+    back with the application on SQLite (committed at once on PostgreSQL): the next publish
+    still reaches the queue (kombu's cache of declared entities is forgotten at the block's end)."""
+    from kombu import Exchange
+    from kombu import Queue as KombuQueue
+
+    app = Celery("router", broker=queue.url)
+    mail = KombuQueue("mail", Exchange("mail", type="topic"), routing_key="mail.#")
+    app.conf.task_queues = [mail]
+    app.conf.task_routes = {"orders.confirm": {"queue": "mail", "routing_key": "mail.confirm"}}
+    try:
+        conn = queue.connect()
+        with enqueue_in(conn):
+            app.send_task("orders.confirm", (1,), task_id="rolled-back")
+        conn.rollback()
+        conn.close()
+        app.send_task("orders.confirm", (2,), task_id="after")
+        store = JobStore(queue.target)
+        placed = {j.task_id: j.queue for j in store.list_jobs(jobs_only=True)}
+        store.close()
+        assert placed == {"after": "mail"}
+    finally:
+        app.close()
