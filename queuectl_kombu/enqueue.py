@@ -66,14 +66,25 @@ def lent_to(engine: str, *, path: str | None = None, server: tuple[str, int, str
         return None
     if engine == "sqlite":
         return loan if path is not None and os.path.realpath(path) in loan.files else None
-    return loan if server is not None and loan.server is not None and _same_server(loan.server, server) else None
+    return loan if server is not None and loan.server is not None and _same_database(loan.server, server) else None
 
 
-def _same_server(a: tuple[str, int, str], b: tuple[str, int, str]) -> bool:
-    local = {"", "localhost", "127.0.0.1", "::1"}
-    host_a, host_b = a[0] or "", b[0] or ""
-    same_host = host_a == host_b or (host_a in local or host_a.startswith("/")) and (host_b in local or host_b.startswith("/"))
-    return same_host and int(a[1] or 5432) == int(b[1] or 5432) and a[2] == b[2]
+def _same_database(a: tuple[str, int, str], b: tuple[str, int, str]) -> bool:
+    """The same PostgreSQL database: its name and port (a host may be named several ways: an
+    address, a name, a socket directory)."""
+    return int(a[1] or 5432) == int(b[1] or 5432) and a[2] == b[2]
+
+
+def elsewhere(where: str) -> InvalidInput:
+    """The error of a publish inside enqueue_in to a database the lent connection is not on: it
+    would commit on its own, outside the application's transaction."""
+    loan = current()
+    lent = ", ".join(sorted(loan.files)) if loan is not None and loan.files else (
+        f"database {loan.server[2]!r} (port {loan.server[1]})" if loan is not None and loan.server else "?")
+    return InvalidInput(
+        f"enqueue_in: this publish goes to {where}, but the connection given is to {lent}: the message "
+        f"would not be part of the application's transaction (the queue must be in the application's database)"
+    )
 
 
 def dbapi_connection(connection: Any) -> Any:

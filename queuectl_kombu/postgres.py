@@ -560,10 +560,11 @@ class Database:
         they are not part of a transaction, and a rollback cannot take them back)."""
         if publishes and enqueue.current() is not None:
             lent = self._lent_connection()
-            if lent is not None:
-                with self._lent_write(lent, wakes):
-                    yield lent
-                return
+            if lent is None:
+                raise enqueue.elsewhere(self.path)
+            with self._lent_write(lent, wakes):
+                yield lent
+            return
         conn = self.connection()
         if conn.in_transaction:
             deferred = len(conn.at_commit)

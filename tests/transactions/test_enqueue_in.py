@@ -284,3 +284,24 @@ def test_declarations_rolled_back_with_the_application_are_made_again(queue: Que
         assert placed == {"after": "mail"}
     finally:
         app.close()
+
+
+def test_a_publish_to_another_database_inside_the_block_is_refused(queue: Queue, tmp_path: Path) -> None:
+    """Inside enqueue_in every publish must join the application's transaction: one to a queue
+    elsewhere (another file; a SQLite queue while the connection is PostgreSQL's) would commit on
+    its own, so it is refused, and nothing of it is written."""
+    other = tmp_path / "other.db"
+    install_schema(other)
+    app = Celery("elsewhere", broker=f"sqlite:///{other}")
+    conn = queue.connect()
+    try:
+        with enqueue_in(conn):
+            with pytest.raises(InvalidInput, match="would not be part of the application's transaction"):
+                app.send_task("orders.confirm", (1,))
+        conn.rollback()
+        store = JobStore(str(other))
+        assert store.list_jobs(jobs_only=True) == []
+        store.close()
+    finally:
+        conn.close()
+        app.close()
