@@ -1,6 +1,7 @@
--- PostgreSQL's own text of the statements of queries.sql and results.sql that mean something
--- else there, by the same names: the results' values (a str in value, bytes in blob), and the
--- stats counted into a row per shard of sessions (backend pid % 16, see schema_script). Every
+-- PostgreSQL's own text of the statements of queries.sql, results.sql and doctor.sql that mean
+-- something else there, by the same names: the results' values (a str in value, bytes in blob),
+-- the stats counted into a row per shard of sessions (backend pid % 16, see schema_script), and
+-- a text's bytes (octet_length; SQLite casts to a BLOB). Every
 -- other statement is translated as it is (postgres.translate: placeholders, INDEXED BY, char(),
 -- scalar MIN and MAX, LIKE, JSON arrays, and FOR UPDATE SKIP LOCKED on the rows a claim or a
 -- prune picks). Parameters are bound by psycopg (client side).
@@ -40,3 +41,6 @@ INSERT INTO stats (minute, queue, event, count, shard)
 SELECT 0, queue, event, SUM(count), 0 FROM stats WHERE minute > 0 AND minute < :cutoff
 GROUP BY queue, event
 ON CONFLICT (minute, queue, event, shard) DO UPDATE SET count = stats.count + excluded.count
+
+-- name: completed_kept
+SELECT COUNT(*), COALESCE(SUM(octet_length(payload)), 0) FROM jobs WHERE state = 'completed'

@@ -6,19 +6,22 @@ one method per verb, every job state change. Its parts, by what they hold:
 - topology.py: queues (pause and resume), exchanges, bindings, consumers;
 - housekeeping.py: leases renewed and recovered, completed jobs pruned, old stats folded;
 - metrics.py: reads for the metrics and the health check;
+- diagnosis.py: the doctor's reads (retention, recent events, write lock, PostgreSQL's relations);
 - config.py: the config table; base.py: the database, the clock, commits and the WAL.
 """
 
 from __future__ import annotations
 
+from .diagnosis import DiagnosisReads, RelationSize, TableActivity
 from .housekeeping import Housekeeping
 from .jobs import JobChanges, NewJob
 from .metrics import STATS_EVENTS, MetricReads
 from .reading import JobReads
 from .topology import CONSUMER_HEARTBEAT, CONSUMER_TIMEOUT, QueueInfo, Topology
 
-__all__ = ["CONSUMER_HEARTBEAT", "CONSUMER_TIMEOUT", "STATS_EVENTS", "JobStore", "NewJob", "QueueInfo"]
+__all__ = ["CONSUMER_HEARTBEAT", "CONSUMER_TIMEOUT", "STATS_EVENTS", "JobStore", "NewJob", "QueueInfo",
+           "RelationSize", "TableActivity"]
 
 
-class JobStore(JobChanges, Housekeeping, JobReads, MetricReads, Topology):
+class JobStore(JobChanges, Housekeeping, JobReads, MetricReads, DiagnosisReads, Topology):
     """Every statement against one queuectl database goes through here (results: ResultStore)."""
