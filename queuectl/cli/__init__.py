@@ -12,7 +12,7 @@ import click
 
 from queuectl_kombu import InvalidInput, QueuectlError
 from ..settings import default_db_path
-from . import cancel, config, dashboard, dlq, enqueue, jobs, monitoring, queues, worker
+from . import cancel, config, dashboard, dlq, enqueue, jobs, monitoring, operations, queues, worker
 from .context import CliState
 
 EXAMPLES = """\b
@@ -37,6 +37,8 @@ Examples:
   queuectl metrics
   queuectl health --max-pending-age 300
   queuectl dashboard --port 8000
+  queuectl backup /backups/q.db    (a consistent copy while workers run)
+  queuectl doctor                  (or: queuectl doctor --format json)
 """
 
 
@@ -124,7 +126,7 @@ def cli(ctx: click.Context, db_path: str | None, verbose: int) -> None:
 
 for _command in (enqueue.enqueue, enqueue.run, worker.worker, jobs.status, jobs.list_jobs, jobs.show, dlq.dlq,
                  cancel.cancel, queues.queue, config.config, monitoring.metrics, monitoring.health,
-                 dashboard.dashboard):
+                 dashboard.dashboard, operations.backup, operations.doctor):
     cli.add_command(_command)
 
 
