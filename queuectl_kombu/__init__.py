@@ -8,6 +8,9 @@ public API (what the queuectl command line uses); docs/architecture.md maps the 
 Steering the queue: ``JobStore.pause_queue`` / ``resume_queue`` / ``paused_queues`` /
 ``queue_overview`` (QueueInfo), ``cancel_jobs`` / ``cancel_matching`` (Cancellation) and
 ``JobStore.cancel_waiting``; ``JobStore.dlq_retry`` runs a cancelled job again.
+
+Operations (docs/operations.md): ``backup`` (BackupSummary) copies a SQLite queue while its workers
+run; ``diagnose`` (Diagnosis) is what ``queuectl doctor`` reports.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from kombu.transport import TRANSPORT_ALIASES
 from .paths import check_path, url_path
 from .postgres import is_postgres_url
 from .postgres import mask as mask_url
+from .backup import BackupSummary, backup
 from .cancel import (
     OUTCOME_CANCELLED,
     OUTCOME_FINISHED,
@@ -26,7 +30,9 @@ from .cancel import (
     cancel_jobs,
     cancel_matching,
 )
+from .doctor import Diagnosis, diagnose
 from .exceptions import (
+    BackupFailed,
     DatabaseLocked,
     ConstraintViolated,
     DatabaseMoved,
@@ -61,6 +67,8 @@ TRANSPORT_ALIASES["postgres"] = "queuectl_kombu.transport:Transport"
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackupFailed",
+    "BackupSummary",
     "CANCELLED",
     "Cancellation",
     "CopyReport",
@@ -70,6 +78,7 @@ __all__ = [
     "DatabaseMoved",
     "DatabaseUnreachable",
     "DatabaseUnusable",
+    "Diagnosis",
     "DuplicateJob",
     "InvalidConfig",
     "InvalidInput",
@@ -99,12 +108,14 @@ __all__ = [
     "WAL_LIMIT_BYTES",
     "WorkersRunning",
     "__version__",
+    "backup",
     "cancel_jobs",
     "enqueue_in",
     "install_schema",
     "cancel_matching",
     "copy_queue",
     "check_path",
+    "diagnose",
     "is_control_queue",
     "is_postgres_url",
     "mask_url",

@@ -55,6 +55,10 @@ class DatabaseMoved(DatabaseUnusable):
     """The database file was deleted or replaced while this process had it open."""
 
 
+class BackupFailed(QueuectlError):
+    """The backup could not be written (its destination is unusable, or the engine has its own tools)."""
+
+
 class JobNotFound(QueuectlError):
     """No job has that id."""
 

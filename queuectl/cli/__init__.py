@@ -12,7 +12,7 @@ import click
 
 from queuectl_kombu import InvalidInput, QueuectlError
 from ..settings import default_db_path
-from . import cancel, config, dashboard, dlq, enqueue, jobs, monitoring, queues, transfer, worker
+from . import cancel, config, dashboard, dlq, enqueue, jobs, monitoring, operations, queues, transfer, worker
 from .context import CliState
 
 EXAMPLES = """\b
@@ -39,6 +39,8 @@ Examples:
   queuectl dashboard --port 8000
   queuectl --db app.db init        (the queue beside an application's tables)
   queuectl copy queue.db postgresql://app@db:5432/app
+  queuectl backup /backups/q.db    (a consistent copy while workers run)
+  queuectl doctor                  (or: queuectl doctor --format json)
 """
 
 
@@ -126,7 +128,7 @@ def cli(ctx: click.Context, db_path: str | None, verbose: int) -> None:
 
 for _command in (enqueue.enqueue, enqueue.run, worker.worker, jobs.status, jobs.list_jobs, jobs.show, dlq.dlq,
                  cancel.cancel, queues.queue, config.config, monitoring.metrics, monitoring.health,
-                 dashboard.dashboard, transfer.init, transfer.copy):
+                 dashboard.dashboard, transfer.init, transfer.copy, operations.backup, operations.doctor):
     cli.add_command(_command)
 
 

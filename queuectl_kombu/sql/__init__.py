@@ -69,5 +69,7 @@ def _load_queries(*filenames: str) -> dict[str, str]:
 
 
 #: Every named statement: jobs, queues and config (queries.sql), results (results.sql), the
-#: metrics' reads and the stats kept bounded (metrics.sql), the dashboard's own reads (dashboard.sql).
-QUERIES: dict[str, str] = _load_queries("queries.sql", "results.sql", "metrics.sql", "dashboard.sql", "transfer.sql")
+#: metrics' reads and the stats kept bounded (metrics.sql), the dashboard's own reads (dashboard.sql),
+#: the doctor's (doctor.sql), copying between databases (transfer.sql).
+QUERIES: dict[str, str] = _load_queries("queries.sql", "results.sql", "metrics.sql", "dashboard.sql", "doctor.sql",
+                                        "transfer.sql")

@@ -1,6 +1,7 @@
--- PostgreSQL's own text of the statements of queries.sql and results.sql that mean something
--- else there, by the same names: the results' values (a str in value, bytes in blob), and the
--- stats counted into a row per shard of sessions (backend pid % 16, see schema_script). Every
+-- PostgreSQL's own text of the statements of queries.sql, results.sql and doctor.sql that mean
+-- something else there, by the same names: the results' values (a str in value, bytes in blob),
+-- the stats counted into a row per shard of sessions (backend pid % 16, see schema_script), and
+-- a text's bytes (octet_length; SQLite casts to a BLOB). Every
 -- other statement is translated as it is (postgres.translate: placeholders, INDEXED BY, char(),
 -- scalar MIN and MAX, LIKE, JSON arrays, and FOR UPDATE SKIP LOCKED on the rows a claim or a
 -- prune picks). Parameters are bound by psycopg (client side).
@@ -50,3 +51,6 @@ WHERE expires_at IS NULL OR expires_at > :now ORDER BY key
 INSERT INTO results (key, value, blob, state, counter, expires_at, updated_at)
 VALUES (:key, :value, :blob, :state, :counter, :expires_at, :updated_at)
 ON CONFLICT (key) DO NOTHING
+
+-- name: completed_kept
+SELECT COUNT(*), COALESCE(SUM(octet_length(payload)), 0) FROM jobs WHERE state = 'completed'

@@ -178,6 +178,11 @@ WHERE id IN (
 )
 RETURNING id, task_id, state, attempts, queue
 
+-- name: expire_leases
+-- Every lease taken as run out at :expired_at (a backup's snapshot: its workers are not there), so
+-- that recover_expired_leases recovers each processing job as it would after a crash.
+UPDATE jobs SET lease_expires_at = :expired_at WHERE state = 'processing'
+
 -- name: prune_completed
 -- INDEXED BY: without statistics SQLite took jobs_state and read every completed row (900,000
 -- in a file of 1M jobs) every 30 s; jobs_completed reads only the rows to delete.
@@ -278,6 +283,10 @@ WHERE (q.auto_delete = 1 OR q.exclusive = 1)
 
 -- name: delete_stale_consumers
 DELETE FROM consumers WHERE last_seen < :cutoff
+
+-- name: delete_consumers
+-- Every consumer forgotten (a backup's snapshot: none of them is alive there).
+DELETE FROM consumers
 
 -- name: delete_queue_consumers
 DELETE FROM consumers WHERE queue = :name

@@ -54,6 +54,22 @@ class Housekeeping(ConfigStore):
             )
         return recovered
 
+    def recover_every_lease(self, max_retries: int | None = None) -> list[tuple[int, str | None, JobState, int]]:
+        """Every processing job recovered as if its lease had run out now, as recover_expired_leases
+        recovers it after a crash (pending with the attempt counted, dead once its retries are
+        exhausted; WARNING each): for a copy of the database that none of its workers uses (a
+        backup's snapshot). Only there: a live worker's job would run twice."""
+        with self.db.write() as conn:
+            n = conn.execute(Q["expire_leases"], {"expired_at": self.clock() - 1.0}).rowcount
+        self._committed()
+        recovered: list[tuple[int, str | None, JobState, int]] = []
+        while len(recovered) < n:
+            batch = self.recover_expired_leases(max_retries)
+            if not batch:
+                break
+            recovered += batch
+        return recovered
+
     def keep_statistics(self) -> bool:
         """Keep the query planner's statistics of the jobs table fresh (PostgreSQL: ANALYZE once
         enough changed; SQLite needs none); True if they were renewed."""

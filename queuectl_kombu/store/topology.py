@@ -203,6 +203,16 @@ class Topology(StoreBase):
             conn.execute(Q["remove_owner"], {"owner": owner})
         self._committed()
 
+    def forget_consumers(self) -> int:
+        """Delete every consumer row (a backup's snapshot, where none of them is alive); returns
+        how many there were."""
+        with self.db.write() as conn:
+            n = int(conn.execute(Q["delete_consumers"]).rowcount)
+        self._committed()
+        if n:
+            logger.info("forgot %d consumer rows", n)
+        return n
+
     def heartbeat(self, owner: str) -> None:
         """A live connection refreshes its consumer rows."""
         with self.db.write(durable=False, wakes=NOBODY) as conn:

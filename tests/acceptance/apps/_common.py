@@ -73,4 +73,15 @@ def register_tasks(app) -> dict:
         log_event("run", self.request.id, tag)
         raise AlwaysFails(f"always fails ({tag})")
 
-    return {"record": record, "sleepy": sleepy, "fail": fail}
+    @app.task(name="acc.gate", bind=True)
+    def gate(self, tag: str, path: str, timeout: float = 120.0) -> str:
+        """Runs until the file at `path` exists (at most `timeout` s): a task a test keeps running
+        for as long as it needs, and that returns at once where the file already exists."""
+        log_event("start", self.request.id, tag)
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        log_event("run", self.request.id, tag)
+        return tag
+
+    return {"record": record, "sleepy": sleepy, "fail": fail, "gate": gate}
