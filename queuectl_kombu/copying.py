@@ -38,10 +38,9 @@ class CopyReport:
         }
 
 
-def _same(a: str, b: str) -> bool:
-    if is_postgres_url(a) or is_postgres_url(b):
-        return a == b
-    return os.path.realpath(a) == os.path.realpath(b)
+def _same_file(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b) or (
+        os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b))
 
 
 def copy_queue(source: str, dest: str, *, move: bool = False, force: bool = False) -> CopyReport:
@@ -51,17 +50,23 @@ def copy_queue(source: str, dest: str, *, move: bool = False, force: bool = Fals
     file is created), in one transaction on `dest`. A job whose task id `dest` holds in the same
     queue is skipped and reported, never duplicated, so a copy can be run again.
 
-    With `move`, the copied (and skipped) jobs are then deleted from `source`. Refused while
+    With `move`, the jobs `dest` now holds are then deleted from `source`: those copied, and
+    those skipped whose message `dest` holds already (a job skipped because `dest` gives its task
+    id to another message stays). Refused while
     workers consume from `source` (WorkersRunning), unless `force`: a job they finish after the
     copy would run again at `dest`.
     """
-    if _same(source, dest):
-        raise InvalidInput("the source and the destination are the same database")
+    same = InvalidInput("the source and the destination are the same database")
+    if not is_postgres_url(source) and not is_postgres_url(dest) and _same_file(source, dest):
+        raise same
     if not is_postgres_url(source) and not os.path.isfile(source):
         raise DatabaseUnusable(f"cannot open database {source}: no such file")
     src = JobStore(source)
     dst = JobStore(dest)
     try:
+        if src.db.engine == dst.db.engine == "postgresql" and src.db.identity() == dst.db.identity() and \
+                src.db.target.schema == dst.db.target.schema:  # type: ignore[union-attr]
+            raise same
         workers = src.live_workers()
         if workers and not force:
             raise WorkersRunning(
@@ -72,7 +77,7 @@ def copy_queue(source: str, dest: str, *, move: bool = False, force: bool = Fals
         written = dst.write_rows(rows, src.path)
         report = CopyReport(source=src.path, dest=dst.path, written=written, workers=workers)
         if move:
-            report.moved = src.delete_jobs([int(job["id"]) for job in rows.jobs])
+            report.moved = src.delete_jobs(written.held)
             logger.warning("moved %d jobs from %s to %s", report.moved, src.path, dst.path)
         return report
     finally:

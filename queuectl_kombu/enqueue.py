@@ -9,7 +9,7 @@ Inside the block, every queuectl database of this thread that lives where `conne
 through that connection: a publish is a savepoint inside the application's transaction, never a
 commit of its own. The application commits (or rolls back) as it always does; workers see the
 messages, and are woken, only when it commits. The engine modules (db.py, postgres.py) ask
-`lent_to` for the connection; this module knows nothing of their SQL.
+`current` (and `lent_to_file`) for the connection; this module knows nothing of their SQL.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import contextlib
 import contextvars
 import os
 import sqlite3
+import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +39,7 @@ class Loan:
     raw: Any  # sqlite3.Connection or psycopg.Connection
     #: SQLite: the real paths of the files the connection has open (main and ATTACHed ones).
     files: frozenset[str] = frozenset()
-    #: PostgreSQL: (host, port, dbname) of the server session.
+    #: PostgreSQL: (host, port, dbname) of the server session, for messages.
     server: tuple[str, int, str] | None = None
     #: kombu connections whose declarations (queues, exchanges, bindings) were written through
     #: this loan: their cache of declared entities is forgotten when the block ends, since the
@@ -46,6 +48,9 @@ class Loan:
     #: Engine-specific wrappers made for this loan (one per queuectl Database).
     wrappers: dict[int, Any] = field(default_factory=dict)
     pid: int = field(default_factory=os.getpid)
+    #: The thread that entered the block: a thread the context was copied into (asyncio.to_thread,
+    #: contextvars.copy_context().run) must not use the connection.
+    thread: int = field(default_factory=threading.get_ident)
 
 
 _loan: contextvars.ContextVar[Loan | None] = contextvars.ContextVar("queuectl_loan", default=None)
@@ -54,25 +59,18 @@ _loan: contextvars.ContextVar[Loan | None] = contextvars.ContextVar("queuectl_lo
 def current() -> Loan | None:
     """The loan of the calling thread (or asyncio task), if it is inside `enqueue_in`."""
     loan = _loan.get()
-    if loan is not None and loan.pid != os.getpid():
-        return None  # a fork inside the block: the child has no business with the parent's connection
+    if loan is not None and (loan.pid != os.getpid() or loan.thread != threading.get_ident()):
+        return None  # a fork, or another thread: neither has any business with the application's connection
     return loan
 
 
-def lent_to(engine: str, *, path: str | None = None, server: tuple[str, int, str] | None = None) -> Loan | None:
-    """The current loan if it serves the database `path` (SQLite) or `server` (PostgreSQL)."""
+def lent_to_file(path: str) -> Loan | None:
+    """The current loan if its SQLite connection reaches the queue file `path` (PostgreSQL asks
+    the server instead: postgres.Database._lent_connection)."""
     loan = current()
-    if loan is None or loan.engine != engine:
+    if loan is None or loan.engine != "sqlite":
         return None
-    if engine == "sqlite":
-        return loan if path is not None and os.path.realpath(path) in loan.files else None
-    return loan if server is not None and loan.server is not None and _same_database(loan.server, server) else None
-
-
-def _same_database(a: tuple[str, int, str], b: tuple[str, int, str]) -> bool:
-    """The same PostgreSQL database: its name and port (a host may be named several ways: an
-    address, a name, a socket directory)."""
-    return int(a[1] or 5432) == int(b[1] or 5432) and a[2] == b[2]
+    return loan if os.path.realpath(path) in loan.files else None
 
 
 def elsewhere(where: str) -> InvalidInput:
@@ -89,26 +87,38 @@ def elsewhere(where: str) -> InvalidInput:
 
 def dbapi_connection(connection: Any) -> Any:
     """The DB-API connection under what an application holds: a sqlite3 or psycopg connection as
-    it is; a SQLAlchemy Session (its connection in the current transaction), Connection or pooled
-    connection; a Django connection (django.db.connection or connections[alias])."""
+    it is; a SQLAlchemy Session (its connection in the current transaction: begun if need be),
+    scoped_session (Flask-SQLAlchemy's db.session), Connection or pooled connection; a Django
+    connection (django.db.connection or connections[alias]). Subclasses count: the classes are
+    those of the modules the application imported."""
     if isinstance(connection, sqlite3.Connection):
         return connection
-    module = type(connection).__module__ or ""
-    if module.startswith("psycopg2"):
+    psycopg2 = sys.modules.get("psycopg2.extensions")
+    if psycopg2 is not None and isinstance(connection, psycopg2.connection):
         raise InvalidInput("enqueue_in needs a psycopg 3 connection, not psycopg2's: "
                            "install psycopg and use it (SQLAlchemy: postgresql+psycopg://)")
-    if module.startswith("psycopg"):
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(connection, psycopg.Connection):
         return connection
-    if module.startswith("sqlalchemy"):
-        if hasattr(connection, "get_bind") and hasattr(connection, "connection"):  # Session
-            connection = connection.connection()
-        if hasattr(connection, "get_isolation_level") and hasattr(connection, "connection"):  # Connection
-            connection = connection.connection
-        raw = getattr(connection, "dbapi_connection", None) or getattr(connection, "driver_connection", None)
+    orm = sys.modules.get("sqlalchemy.orm")
+    engine = sys.modules.get("sqlalchemy.engine")
+    pool = sys.modules.get("sqlalchemy.pool")
+    if orm is not None and isinstance(connection, orm.scoped_session):
+        connection = connection()
+    if orm is not None and isinstance(connection, orm.Session):
+        connection = connection.connection()
+    if engine is not None and isinstance(connection, engine.Connection):
+        connection = connection.connection
+    if pool is not None and isinstance(connection, pool.PoolProxiedConnection):
+        raw = connection.driver_connection
         if raw is None:
-            raise InvalidInput(f"enqueue_in cannot find the DB-API connection of {type(connection).__name__}")
+            raise InvalidInput("enqueue_in: this SQLAlchemy connection is closed")
         return dbapi_connection(raw)
-    if hasattr(connection, "ensure_connection") and hasattr(connection, "vendor"):  # Django
+    proxies = sys.modules.get("django.utils.connection")
+    if proxies is not None and isinstance(connection, proxies.ConnectionProxy):  # django.db.connection
+        connection = connection._connections[connection._alias]
+    db_backend = sys.modules.get("django.db.backends.base.base")
+    if db_backend is not None and isinstance(connection, db_backend.BaseDatabaseWrapper):
         connection.ensure_connection()
         return dbapi_connection(connection.connection)
     raise InvalidInput(
@@ -122,8 +132,10 @@ def _sqlite_files(raw: sqlite3.Connection) -> frozenset[str]:
     queuectl schema: the main file if it holds one, else an ATTACHed one, provided no schema
     searched before it (main, temp) holds a table of the same name."""
     files: set[str] = set()
-    shadowing: set[str] = set()
+    shadowing = {r[0] for r in raw.execute("SELECT name FROM temp.sqlite_master WHERE type = 'table'")}
     for _, name, path in raw.execute("PRAGMA database_list").fetchall():
+        if name == "temp":
+            continue  # searched first, above
         quoted = '"' + str(name).replace('"', '""') + '"'
         tables = {r[0] for r in raw.execute(f"SELECT name FROM {quoted}.sqlite_master WHERE type = 'table'")}
         if "jobs" in tables and "queues" in tables and path:

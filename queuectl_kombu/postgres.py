@@ -38,7 +38,9 @@ from urllib.parse import unquote, urlsplit
 
 from . import enqueue, sql
 from .rules import EVERYONE, WATCHERS
-from .exceptions import ConstraintViolated, DatabaseLocked, DatabaseUnreachable, DatabaseUnusable, InvalidValue
+from .exceptions import (
+    ConstraintViolated, DatabaseLocked, DatabaseUnreachable, DatabaseUnusable, InvalidInput, InvalidValue,
+)
 
 logger = logging.getLogger("queuectl_kombu.db")
 
@@ -66,6 +68,10 @@ _WATCHERS_PAYLOAD = WATCHERS.encode()
 #: time (autovacuum's own default is 50 + 10 %, once a minute at best).
 ANALYZE_AFTER = 500
 ANALYZE_FRACTION = 0.1
+#: What tells one database from another, asked of two sessions: the oid of the database and the
+#: start time of its server (no privilege needed, nothing written).
+_IDENTITY = ("SELECT (SELECT oid FROM pg_database WHERE datname = current_database()), "
+             "pg_postmaster_start_time()")
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -269,6 +275,15 @@ def schema_script() -> str:
     text = text.replace(stats_key, "    shard   BIGINT  NOT NULL DEFAULT 0,\n    PRIMARY KEY (minute, queue, event, shard)\n);")
     text = text.replace(") WITHOUT ROWID;", ");")
     return sql.read("schema_postgresql.sql") + "\n" + text
+
+
+def _lent_stats(text: str) -> str:
+    """stats_add as the application's sessions count (enqueue_in): into a row of each session's
+    own (16 + its backend pid), which no worker's ack ever waits for."""
+    shard = "pg_backend_pid() %% 16"  # as translated: psycopg's escaped percent sign
+    if shard not in text:
+        raise AssertionError(f"stats_add no longer names its shard as {shard!r}: {text}")
+    return text.replace(shard, "16 + pg_backend_pid()")
 
 
 def _params(params: Any, bytea_value: bool) -> Any:
@@ -489,6 +504,7 @@ class Database:
         self._commits = itertools.count(1)
         self.local_commits = 0
         self._commits_lock = threading.Lock()
+        self._identity_cache: tuple[Any, ...] | None = None
 
     # -- connections ------------------------------------------------------------------------
 
@@ -613,15 +629,30 @@ class Database:
                 raise
 
     def _lent_connection(self) -> Connection | None:
-        """The application's connection of the current enqueue_in block, if it is to this database."""
-        loan = enqueue.lent_to("postgresql", server=self.target.server)
-        if loan is None:
+        """The application's connection of the current enqueue_in block if it is to this
+        database (the server says: its database's oid and the server's start time, asked of both
+        sessions once per block), else None."""
+        loan = enqueue.current()
+        if loan is None or loan.engine != self.engine:
             return None
-        lent: Connection | None = loan.wrappers.get(id(self))
-        if lent is None:
-            self.connection()  # the schema made (or checked) by a session of ours first
-            lent = loan.wrappers[id(self)] = Connection(loan.raw, self.target, lent=True)
+        if id(self) not in loan.wrappers:
+            mine = self.identity()
+            with self.connection().errors():
+                theirs = tuple(self._errors().ClientCursor(loan.raw).execute(_IDENTITY).fetchone())
+            loan.wrappers[id(self)] = Connection(loan.raw, self.target, lent=True) if theirs == mine else None
+        lent: Connection | None = loan.wrappers[id(self)]
         return lent
+
+    def identity(self) -> tuple[Any, ...]:
+        """What tells this database from any other, however its URL names it: its oid and its
+        server's start time."""
+        if self._identity_cache is None:
+            self._identity_cache = tuple(self.connection().raw.execute(_IDENTITY).fetchone())
+        return self._identity_cache
+
+    @staticmethod
+    def _errors() -> Any:
+        return _psycopg()
 
     @contextlib.contextmanager
     def _lent_write(self, conn: Connection, wakes: str) -> Iterator[None]:
@@ -638,7 +669,7 @@ class Database:
         # the application's search_path kept aside in a setting of this transaction, ours set
         conn.begin = (("BEGIN; " if alone else "") + "SAVEPOINT queuectl_publish; "
                       "SELECT set_config('queuectl.search_path', current_setting('search_path'), true); "
-                      f"SELECT set_config('search_path', '\"{self.target.schema}\"', true)")
+                      f"SELECT set_config('search_path', '\"{self.target.schema}\", pg_temp', true)")
         conn.begin_pending = True
         with conn.errors():
             try:
@@ -667,7 +698,7 @@ class Database:
         if conn.lent and statement == sql.QUERIES["stats_add"]:
             # counted apart (a row of its own per session): an application's transaction may stay open a while,
             # and the stats rows it holds must not be those the workers' acks update
-            text = text.replace("pg_backend_pid() % 16", "16 + pg_backend_pid()")
+            text = _lent_stats(text)
         cursor = conn.cursor()
         bound = [cursor.mogrify(text, _params(row, bytea_value)) for row in rows]
         if not conn.in_transaction:
@@ -689,7 +720,17 @@ class Database:
     def serialize(self, conn: Connection, name: str) -> None:
         """Make the open write transactions that name `name` run one after another (a check,
         then a write that depends on it): a transaction-scoped advisory lock."""
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(:name))", {"name": f"queuectl {self.target.schema} {name}"})
+        if not conn.lent:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(:name))", {"name": f"queuectl {self.target.schema} {name}"})
+            return
+        # an application's transaction may read an older snapshot than the lock's holder wrote in
+        isolation = conn.execute(
+            "SELECT current_setting('transaction_isolation'), pg_advisory_xact_lock(hashtext(:name))",
+            {"name": f"queuectl {self.target.schema} {name}"}).fetchone()[0]
+        if isolation != "read committed":
+            raise InvalidInput(
+                f"a publish that refuses duplicate task ids needs a READ COMMITTED transaction, not "
+                f"{str(isolation).upper()}: its check could miss a task id committed after the snapshot")
 
     def keep_statistics(self) -> bool:
         """ANALYZE the jobs table once enough of it changed since the last time (whether or not

@@ -26,8 +26,10 @@ VALUES (NULLIF(?1, ''), NULLIF(?2, ''), ?3, 'pending',
         ?9, ?9)
 
 -- name: last_job_id
--- The id AUTOINCREMENT gave last (in a write transaction: the last row this transaction inserted).
-SELECT seq FROM sqlite_sequence WHERE name = 'jobs'
+-- The id of the last row this connection inserted (in a write transaction: the last job of its
+-- batch). Not sqlite_sequence, which an application's file ATTACHed to before the queue would
+-- shadow with its own (enqueue_in).
+SELECT last_insert_rowid()
 
 -- name: has_ready
 -- INDEXED BY jobs_ready here and in the claims: without statistics SQLite preferred

@@ -10,7 +10,14 @@ SELECT id, task_id, task_name, queue, state, priority, payload, attempts, delive
 FROM jobs WHERE state <> 'completed' ORDER BY id
 
 -- name: copy_job_present
-SELECT 1 FROM jobs WHERE task_id = :task_id AND queue = :queue LIMIT 1
+-- The destination's job of this task id in this queue (its message, to tell a job copied before
+-- from another that happens to have the same id).
+SELECT payload FROM jobs WHERE task_id = :task_id AND queue = :queue LIMIT 1
+
+-- name: copy_anonymous_job_present
+-- A message without a task id (plain kombu): the same one is the same message, queue and time.
+SELECT payload FROM jobs
+WHERE task_id IS NULL AND queue = :queue AND created_at = :created_at AND payload = :payload LIMIT 1
 
 -- name: copy_job_in
 INSERT INTO jobs (task_id, task_name, queue, state, priority, payload, attempts, deliveries, max_retries,

@@ -38,6 +38,11 @@ class Written:
     jobs: dict[str, int] = field(default_factory=dict)  # state -> jobs copied
     #: (task id, queue) of the jobs the destination holds already: skipped
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: (task id, queue) of the skipped jobs whose task id the destination gives another message:
+    #: a move leaves them in the source
+    different: list[tuple[str, str]] = field(default_factory=list)
+    #: source ids of the jobs the destination now holds (copied, or there already): a move deletes these
+    held: list[int] = field(default_factory=list)
     #: jobs that were processing at the source: pending at the destination, the attempt counted
     requeued: int = 0
     config: int = 0
@@ -107,10 +112,17 @@ class Transfer(ConfigStore):
                     params["value"] = value
                 written.results += _inserted(conn.execute(Q["copy_result_in"], params))
             for row in rows.jobs:
-                if row["task_id"] is not None and conn.execute(
-                        Q["copy_job_present"], {"task_id": row["task_id"], "queue": row["queue"]}).fetchone():
+                present = conn.execute(
+                    Q["copy_job_present"] if row["task_id"] is not None else Q["copy_anonymous_job_present"],
+                    {key: row[key] for key in ("task_id", "queue", "created_at", "payload")}).fetchone()
+                if present is not None:
                     written.skipped.append((str(row["task_id"]), str(row["queue"])))
+                    if present[0] == row["payload"]:
+                        written.held.append(int(row["id"]))
+                    else:
+                        written.different.append((str(row["task_id"]), str(row["queue"])))
                     continue
+                written.held.append(int(row["id"]))
                 job = dict(row)
                 if job["state"] == "processing":
                     limit = max_retries if job["max_retries"] is None else int(job["max_retries"])
@@ -124,6 +136,9 @@ class Transfer(ConfigStore):
         self._committed()
         for task_id, queue in written.skipped:
             logger.info("job %s of queue %s is in %s already: not copied", task_id, queue, self.path)
+        for task_id, queue in written.different:
+            logger.warning("%s holds another message with task id %s in queue %s: that job was not copied",
+                           self.path, task_id, queue)
         logger.info("copied %d jobs from %s into %s", sum(written.jobs.values()), source, self.path)
         return written
 

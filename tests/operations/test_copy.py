@@ -166,3 +166,41 @@ def test_bad_copies_get_one_line_and_write_nothing(tmp_path: Path, monkeypatch: 
     assert done.exit_code == code
     assert message in done.output and len(done.output.strip().splitlines()) == 1
     assert not (tmp_path / "missing.db").exists() and not (tmp_path / "dest.db").exists()
+
+
+def test_messages_without_a_task_id_are_not_copied_twice(db_path: str, tmp_path: Path) -> None:
+    from queuectl_kombu import NewJob
+
+    Queue(db_path, tmp_path)
+    store = JobStore(db_path)
+    store.publish_many([NewJob(queue="plain", payload='{"n": 1}'), NewJob(queue="plain", payload='{"n": 2}')])
+    store.close()
+    dest = str(tmp_path / "dest.db")
+    for _ in range(2):
+        assert queuectl("copy", db_path, dest).exit_code == 0
+    copied = JobStore(dest)
+    assert sorted(j.payload for j in copied.list_jobs(queue="plain")) == ['{"n": 1}', '{"n": 2}']
+    copied.close()
+
+
+def test_move_keeps_a_job_whose_task_id_the_destination_gives_another_message(db_path: str, tmp_path: Path) -> None:
+    from queuectl_kombu import NewJob
+
+    Queue(db_path, tmp_path)
+    dest = str(tmp_path / "dest.db")
+    Queue(dest, tmp_path / "d")
+    for path, payload in ((db_path, '{"mine": 1}'), (dest, '{"theirs": 1}')):
+        store = JobStore(path)
+        store.publish_many([NewJob(queue="celery", payload=payload, task_id="same-id")])
+        store.close()
+    done = queuectl("copy", "--move", db_path, dest)
+    assert done.exit_code == 0 and "skipped 1 jobs" in done.output and "moved: 0 jobs" in done.output, done.output
+    assert [j.payload for j in JobStore(db_path).list_jobs(jobs_only=True)] == ['{"mine": 1}']
+
+
+def test_the_same_postgresql_database_named_two_ways_is_refused(pg_url: str) -> None:
+    Queue(pg_url, Path("/tmp"))
+    other = pg_url.replace("127.0.0.1", "localhost", 1)
+    assert other != pg_url
+    done = queuectl("copy", "--move", pg_url, other)
+    assert done.exit_code == 2 and "the source and the destination are the same database" in done.output

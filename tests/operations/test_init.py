@@ -61,3 +61,19 @@ def test_init_on_postgresql_creates_the_schema(pg_url: str) -> None:
     assert code == 0 and "postgresql://" in out
     code, out = queuectl("--db", pg_url, "status")
     assert code == 0, out
+
+
+def test_init_refuses_a_file_whose_user_version_is_the_application_s(tmp_path: Path) -> None:
+    """queuectl keeps its schema version in PRAGMA user_version: a file that uses it for itself
+    cannot hold the queue (nor be migrated as if it were one)."""
+    for version in (2, 3, 9):
+        path = app_file(tmp_path / f"app{version}.db")
+        conn = sqlite3.connect(path)
+        conn.execute(f"PRAGMA user_version = {version}")
+        conn.close()
+        code, out = queuectl("--db", str(path), "init")
+        assert code == 1 and f"user_version {version} is another application's" in out, out
+        conn = sqlite3.connect(path)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == version
+        assert [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["orders"]
+        conn.close()

@@ -242,12 +242,11 @@ def test_the_commit_wakes_the_waiters(queue: Queue, producer: Celery) -> None:
     the application's commit. On PostgreSQL the server delivers the NOTIFY of the publish only
     then: a listener has nothing before it."""
     store = JobStore(queue.target)
-    waiter = store.db.change_waiter()
     conn = queue.connect()
+    producer.send_task("orders.confirm", (0,))  # connected and declared: the next publish is the job alone
+    # listening from here on: what committed before (the line above) is never delivered to it
+    waiter = store.db.change_waiter()
     try:
-        producer.send_task("orders.confirm", (0,))  # connected and declared: the next publish is the job alone
-        waiter.wait(5)
-        waiter.drain()
         with enqueue_in(conn):
             producer.send_task("orders.confirm", (1,))
         if queue.is_postgres:
@@ -305,3 +304,149 @@ def test_a_publish_to_another_database_inside_the_block_is_refused(queue: Queue,
     finally:
         conn.close()
         app.close()
+
+
+def test_another_thread_waiting_for_the_file_does_not_stall_the_block(queue: Queue, producer: Celery) -> None:
+    """SQLite: while the application's transaction holds the file's write lock, another thread of
+    the process publishing on its own waits for it; the block's own publish must not wait for
+    that thread in turn (it would, for the busy timeout, under the process's write lock)."""
+    if queue.is_postgres:
+        pytest.skip("SQLite's file-wide write lock")
+    import threading
+
+    from queuectl_kombu import db as dbmod
+
+    producer.send_task("orders.confirm", (0,))  # connected and declared
+    conn = sqlite3.connect(queue.target, timeout=30, check_same_thread=False)
+    conn.execute("INSERT INTO orders (id) VALUES (1)")  # the application holds the write lock
+    other: dict[str, Any] = {}
+
+    def publish_on_its_own() -> None:
+        try:
+            producer.send_task("orders.confirm", (2,))
+            other["done"] = True
+        except Exception as exc:  # noqa: BLE001 - reported below
+            other["error"] = exc
+
+    thread = threading.Thread(target=publish_on_its_own)
+    thread.start()
+
+    def other_thread_waits_under_the_process_lock() -> bool:
+        if dbmod._write_lock.acquire(blocking=False):
+            dbmod._write_lock.release()
+            return False
+        return True
+
+    wait_for(other_thread_waits_under_the_process_lock, 10, what="the other thread to wait for the file")
+    block: dict[str, Any] = {}
+
+    def publish_in_the_block() -> None:  # in a thread, so that a stall is seen before the busy timeout (30 s)
+        with enqueue_in(conn):
+            producer.send_task("orders.confirm", (1,))
+        block["done"] = True
+
+    mine = threading.Thread(target=publish_in_the_block)
+    mine.start()
+    wait_for(lambda: block.get("done"), 10, what="the block's publish (it waits for the other thread's busy timeout)")
+    mine.join(30)
+    assert "done" not in other and "error" not in other  # still waiting for the application's commit
+    conn.commit()
+    conn.close()
+    thread.join(20)
+    assert other == {"done": True}
+    assert queue.jobs() == 3
+
+
+def test_an_attached_queue_beside_an_application_autoincrement_table(tmp_path: Path) -> None:
+    """The application's own sqlite_sequence (an AUTOINCREMENT table) must not hide the queue's:
+    a message routed to two queues gets both ids right."""
+    from kombu import Exchange
+    from kombu import Queue as KombuQueue
+
+    queue_file, app_file = tmp_path / "queue.db", tmp_path / "app.db"
+    install_schema(queue_file)
+    app = Celery("fanout", broker=f"sqlite:///{queue_file}")
+    fan = Exchange("fan", type="fanout")
+    with app.connection_for_write() as connection:  # two queues bound to one fanout exchange
+        for name in ("a", "b"):
+            KombuQueue(name, fan, channel=connection.default_channel).declare()
+    conn = sqlite3.connect(app_file)
+    conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY AUTOINCREMENT, note TEXT)")
+    conn.execute("INSERT INTO orders (note) VALUES ('x')")
+    conn.commit()
+    conn.execute("ATTACH DATABASE ? AS queue", (str(queue_file),))
+    conn.execute("INSERT INTO orders (note) VALUES ('y')")
+    with enqueue_in(conn), app.producer_or_acquire() as producer:
+        producer.publish({"n": 1}, exchange=fan, routing_key="", headers={"id": "fanned"}, serializer="json")
+    conn.commit()
+    conn.close()
+    store = JobStore(str(queue_file))
+    jobs = sorted((j.queue, j.id) for j in store.list_jobs(jobs_only=True) if j.task_id == "fanned")
+    store.close()
+    app.close()
+    assert [q for q, _ in jobs] == ["a", "b"] and len({i for _, i in jobs}) == 2
+
+
+def test_postgresql_lent_publishes_count_in_rows_of_their_own(queue: Queue, producer: Celery) -> None:
+    """The stats count of a publish inside the block goes to a row of the application session's
+    own (shard 16 + its pid): a worker's ack never waits for an open application transaction."""
+    if not queue.is_postgres:
+        pytest.skip("PostgreSQL's stats shards")
+    conn = queue.connect()
+    with enqueue_in(conn):
+        producer.send_task("orders.confirm", (1,))
+    pid = conn.info.backend_pid
+    conn.commit()
+    conn.close()
+    shards = {int(r) for r in [queue.scalar("SELECT string_agg(shard::text, ',') FROM queuectl.stats "
+                                            "WHERE event = 'published'")] for r in str(r).split(",")}
+    assert 16 + pid in shards
+
+
+def test_postgresql_an_application_temp_table_named_jobs_hides_nothing(queue: Queue, producer: Celery) -> None:
+    if not queue.is_postgres:
+        pytest.skip("PostgreSQL's pg_temp on the search path")
+    conn = queue.connect()
+    conn.execute("CREATE TEMP TABLE jobs (x int)")
+    with enqueue_in(conn):
+        producer.send_task("orders.confirm", (1,))
+    conn.commit()
+    assert conn.execute("SELECT COUNT(*) FROM pg_temp.jobs").fetchone()[0] == 0
+    conn.close()
+    assert queue.jobs() == 1
+
+
+def test_postgresql_unique_task_ids_need_read_committed(queue: Queue, producer: Celery) -> None:
+    from queuectl_kombu import UNIQUE_HEADER
+
+    if not queue.is_postgres:
+        pytest.skip("PostgreSQL's isolation levels")
+    conn = queue.connect()
+    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    with enqueue_in(conn):
+        with pytest.raises(InvalidInput, match="needs a READ COMMITTED transaction"):
+            producer.send_task("orders.confirm", (1,), task_id="u-1", headers={UNIQUE_HEADER: True})
+        producer.send_task("orders.confirm", (2,), task_id="plain")  # without the header: fine
+    conn.commit()
+    conn.close()
+    assert queue.task_ids() == ["plain"]
+
+
+def test_a_publish_from_another_thread_with_the_same_context_is_not_lent(queue: Queue, producer: Celery) -> None:
+    """contextvars are copied into asyncio.to_thread's thread: the block still belongs to the
+    thread that entered it, and the application's connection is never used from another."""
+    import contextvars
+    import threading
+
+    conn = queue.connect()
+    seen: dict[str, Any] = {}
+    with enqueue_in(conn):
+        from queuectl_kombu import enqueue
+
+        context = contextvars.copy_context()
+        thread = threading.Thread(target=lambda: seen.setdefault("loan", context.run(enqueue.current)))
+        thread.start()
+        thread.join(10)
+    conn.rollback()
+    conn.close()
+    assert seen == {"loan": None}
