@@ -33,6 +33,7 @@ class CopyReport:
             "source": self.source, "dest": self.dest, "jobs": dict(sorted(w.jobs.items())),
             "copied": sum(w.jobs.values()), "requeued": w.requeued,
             "skipped": [{"task_id": t, "queue": q} for t, q in w.skipped],
+            "skipped_other_message": [{"task_id": t, "queue": q} for t, q in w.different],
             "config": w.config, "queues": w.queues, "exchanges": w.exchanges, "bindings": w.bindings,
             "results": w.results, "moved": self.moved, "workers_running": len(self.workers),
         }

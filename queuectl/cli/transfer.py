@@ -65,6 +65,10 @@ def copy(source: str, dest: str, move: bool, force: bool, fmt: str) -> None:
     if w.skipped:
         shown = ", ".join(f"{t} ({q})" for t, q in w.skipped[:10]) + (" ..." if len(w.skipped) > 10 else "")
         click.echo(f"skipped {len(w.skipped)} jobs the destination holds already: {shown}")
+    if w.different:
+        shown = ", ".join(f"{t} ({q})" for t, q in w.different[:10]) + (" ..." if len(w.different) > 10 else "")
+        click.echo(f"  {len(w.different)} of them: the destination gives the task id to another message "
+                   f"(a move leaves these in the source): {shown}")
     click.echo(f"config: {w.config} settings; new queues: {w.queues}, exchanges: {w.exchanges}, "
                f"bindings: {w.bindings}, results: {w.results}")
     if report.workers:

@@ -195,6 +195,7 @@ def test_move_keeps_a_job_whose_task_id_the_destination_gives_another_message(db
         store.close()
     done = queuectl("copy", "--move", db_path, dest)
     assert done.exit_code == 0 and "skipped 1 jobs" in done.output and "moved: 0 jobs" in done.output, done.output
+    assert "the destination gives the task id to another message" in done.output
     assert [j.payload for j in JobStore(db_path).list_jobs(jobs_only=True)] == ['{"mine": 1}']
 
 
