@@ -72,6 +72,8 @@ ANALYZE_FRACTION = 0.1
 #: start time of its server (no privilege needed, nothing written).
 _IDENTITY = ("SELECT (SELECT oid FROM pg_database WHERE datname = current_database()), "
              "pg_postmaster_start_time()")
+#: The identity of each application connection lent to enqueue_in, asked once per connection.
+_identities: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -637,8 +639,11 @@ class Database:
             return None
         if id(self) not in loan.wrappers:
             mine = self.identity()
-            with self.connection().errors():
-                theirs = tuple(self._errors().ClientCursor(loan.raw).execute(_IDENTITY).fetchone())
+            theirs = _identities.get(loan.raw)
+            if theirs is None:
+                with self.connection().errors():
+                    theirs = tuple(self._errors().ClientCursor(loan.raw).execute(_IDENTITY).fetchone())
+                _identities[loan.raw] = theirs  # a session's database never changes
             loan.wrappers[id(self)] = Connection(loan.raw, self.target, lent=True) if theirs == mine else None
         lent: Connection | None = loan.wrappers[id(self)]
         return lent
