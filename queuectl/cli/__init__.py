@@ -13,6 +13,7 @@ import click
 from queuectl_kombu import InvalidInput, QueuectlError
 from ..settings import default_db_path
 from . import cancel, config, dashboard, dlq, enqueue, jobs, monitoring, operations, queues, transfer, worker
+from .completion import complete_path
 from .context import CliState
 
 EXAMPLES = """\b
@@ -106,7 +107,7 @@ def _configure_logging(verbose: int) -> None:
 
 @click.group(cls=QueuectlGroup, epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "--db", "db_path", metavar="PATH|URL",
+    "--db", "db_path", metavar="PATH|URL", shell_complete=complete_path,
     help="The queuectl database: a SQLite file, or postgresql://user:password@host:5432/dbname "
     "[env: QUEUECTL_DB; default: ~/.local/share/queuectl/queuectl.db]. Workers started here use the same.",
 )
