@@ -71,7 +71,11 @@ class QueuectlGroup(click.Group):
         self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
         standalone_mode: bool = True, **extra: Any,
     ) -> Any:
-        """Run the CLI; print errors as one line and exit with their code."""
+        """Run the CLI; print errors as one line and exit with their code.
+
+        Shell completion (_QUEUECTL_COMPLETE set) is answered inside super().main(), which
+        exits before any command runs; the handlers below never see it.
+        """
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
