@@ -13,6 +13,7 @@ import click
 from queuectl_kombu import InvalidInput, QueuectlError
 from ..settings import default_db_path
 from . import cancel, config, dashboard, dlq, enqueue, jobs, monitoring, operations, queues, transfer, worker
+from .completion import complete_path
 from .context import CliState
 
 EXAMPLES = """\b
@@ -70,7 +71,11 @@ class QueuectlGroup(click.Group):
         self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
         standalone_mode: bool = True, **extra: Any,
     ) -> Any:
-        """Run the CLI; print errors as one line and exit with their code."""
+        """Run the CLI; print errors as one line and exit with their code.
+
+        Shell completion (_QUEUECTL_COMPLETE set) is answered inside super().main(), which
+        exits before any command runs; the handlers below never see it.
+        """
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) and not isinstance(rv, bool) else 0
@@ -106,7 +111,7 @@ def _configure_logging(verbose: int) -> None:
 
 @click.group(cls=QueuectlGroup, epilog=EXAMPLES, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "--db", "db_path", metavar="PATH|URL",
+    "--db", "db_path", metavar="PATH|URL", shell_complete=complete_path,
     help="The queuectl database: a SQLite file, or postgresql://user:password@host:5432/dbname "
     "[env: QUEUECTL_DB; default: ~/.local/share/queuectl/queuectl.db]. Workers started here use the same.",
 )

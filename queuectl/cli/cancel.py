@@ -6,6 +6,7 @@ import click
 
 from queuectl_kombu import Cancellation, JobNotFound, JobState, cancel_jobs, cancel_matching
 
+from .completion import complete_queue
 from .context import state
 from .options import timeout_option
 from .output import note
@@ -16,7 +17,7 @@ CANCEL_STATES = (JobState.PENDING.value, JobState.FAILED.value, JobState.PROCESS
 
 @click.command()
 @click.argument("job_ids", metavar="[ID]...", nargs=-1)
-@click.option("--queue", help="Cancel every pending, failed and running job of this queue (with --state: "
+@click.option("--queue", shell_complete=complete_queue, help="Cancel every pending, failed and running job of this queue (with --state: "
               "those in that state only).")
 @click.option("--state", "state_name", type=click.Choice(CANCEL_STATES),
               help="Cancel every job in this state (of --queue, else of every queue).")

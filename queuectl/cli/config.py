@@ -8,6 +8,7 @@ import click
 
 from queuectl_kombu import DEFAULTS, SETTINGS, normalize_key
 
+from .completion import complete_config_key
 from .context import state
 from .options import format_option
 from .output import emit_rows, note, number
@@ -56,7 +57,7 @@ def config_show(fmt: str) -> None:
 
 
 @config.command("get")
-@click.argument("key")
+@click.argument("key", shell_complete=complete_config_key)
 def config_get(key: str) -> None:
     """Print one setting's value.
 
@@ -69,7 +70,7 @@ def config_get(key: str) -> None:
 
 
 @config.command("set", context_settings={"ignore_unknown_options": True})  # VALUE may be -1
-@click.argument("key")
+@click.argument("key", shell_complete=complete_config_key)
 @click.argument("value")
 def config_set(key: str, value: str) -> None:
     """Set one setting (validated; running workers apply it within a second).

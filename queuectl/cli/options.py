@@ -9,6 +9,7 @@ import click
 
 from queuectl_kombu import JobState
 
+from .completion import complete_queue
 from .output import FORMATS
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -34,7 +35,7 @@ def limit_option(default: int = 100) -> Callable[[F], F]:
 
 def queue_filter_option(f: F) -> F:
     """--queue Q to show one queue only."""
-    return click.option("--queue", help="Only jobs of this queue.")(f)
+    return click.option("--queue", shell_complete=complete_queue, help="Only jobs of this queue.")(f)
 
 
 def timeout_option(default: float, what: str) -> Callable[[F], F]:
@@ -61,7 +62,7 @@ def job_options(f: F) -> F:
         click.option("--id", "job_id", help="Job id (default: a new UUID); must be unique."),
         click.option("--max-retries", type=int, help="Retries before the job is dead (default: config)."),
         click.option("--priority", type=int, help="0-9, higher runs first (default 0)."),
-        click.option("--queue", help="Queue to put the job in (default: celery)."),
+        click.option("--queue", shell_complete=complete_queue, help="Queue to put the job in (default: celery)."),
         click.option("--delay", type=float, help="Run no sooner than this many seconds from now."),
         click.option("--run-at", help="Run no sooner than this ISO 8601 time (naive means UTC)."),
         click.option("--timeout", type=float, help="Kill the command's process group after this many seconds."),

@@ -6,6 +6,7 @@ import click
 
 from queuectl_kombu import InvalidValue, JobState, JobStore, QueueNotFound, is_control_queue
 
+from .completion import complete_queue
 from .context import state
 from .options import STATES, format_option
 from .output import emit_rows, note
@@ -52,7 +53,7 @@ def queue_list(fmt: str) -> None:
 
 
 @queue.command("pause")
-@click.argument("names", metavar="NAME...", nargs=-1, required=True)
+@click.argument("names", metavar="NAME...", nargs=-1, required=True, shell_complete=complete_queue)
 def queue_pause(names: tuple[str, ...]) -> None:
     """Pause queues: workers stop taking their jobs (the running ones finish).
 
@@ -68,7 +69,7 @@ def queue_pause(names: tuple[str, ...]) -> None:
 
 
 @queue.command("resume")
-@click.argument("names", metavar="NAME...", nargs=-1, required=True)
+@click.argument("names", metavar="NAME...", nargs=-1, required=True, shell_complete=complete_queue)
 def queue_resume(names: tuple[str, ...]) -> None:
     """Resume paused queues: workers that read them take their jobs again at once.
 

@@ -15,6 +15,7 @@ from queuectl_kombu import is_postgres_url
 
 from ..settings import data_dir_db_path
 from ..workers import answering
+from .completion import complete_queue
 from .context import CliState, state
 from .options import timeout_option
 from .output import note
@@ -86,7 +87,7 @@ def worker() -> None:
 @worker.command("start")
 @click.option("--count", "-c", type=click.IntRange(min=1), default=1, show_default=True,
               help="Jobs run at once (processes of the pool).")
-@click.option("--queues", "-Q", callback=_parse_queues,
+@click.option("--queues", "-Q", callback=_parse_queues, shell_complete=complete_queue,
               help="Comma-separated queues to take jobs from [default: celery].")
 @click.option("--detach", is_flag=True, help="Run in the background; print the pid on stderr.")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Log of a detached worker [default: DB.worker.log].")
