@@ -6,6 +6,7 @@ ORDERS_DATABASE when imported), so the tests never touch orders.db.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -73,13 +74,14 @@ class Worker:
         wait_for(ready, "the worker to be ready", self.output)
 
     def stop(self) -> None:
-        """A warm shutdown (SIGTERM), then SIGKILL to its whole group if it lingers."""
+        """A warm shutdown (SIGTERM, 15 s at most), then SIGKILL to what is left of its process
+        group (pool processes)."""
         self.process.terminate()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(15)
-        except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(15)
+        self.process.wait(15)
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ and a worker sees only what an application commits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -75,18 +76,18 @@ class Worker:
         wait_for(ready, "the worker to be ready", self.output)
 
     def stop(self) -> None:
-        """A warm shutdown (SIGTERM), then SIGKILL to its whole group if it lingers."""
+        """A warm shutdown (SIGTERM, 15 s at most), then SIGKILL to what is left of its process
+        group (pool processes)."""
         self.process.terminate()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(15)
-        except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(15)
+        self.process.wait(15)
 
 
 class OrderViewTests(TransactionTestCase):
     worker: Worker
-    logs: tempfile.TemporaryDirectory[str]
 
     @classmethod
     def setUpClass(cls) -> None:
@@ -94,19 +95,15 @@ class OrderViewTests(TransactionTestCase):
         database = str(connection.settings_dict["NAME"])  # the test database, migrated by now
         url = f"sqlite:///{database}"
         app.conf.update(broker_url=url, result_backend=url)
-        cls.logs = tempfile.TemporaryDirectory()
-        cls.worker = Worker(database, Path(cls.logs.name) / "worker.log")
+        # Cleanups run last first. Last of all: this process's connections to the test file,
+        # closed before Django deletes it (its -wal and -shm files would stay behind).
+        cls.addClassCleanup(JobStore.shared(database).close)
+        cls.addClassCleanup(app.close)
+        logs = tempfile.TemporaryDirectory()
+        cls.addClassCleanup(logs.cleanup)
+        cls.worker = Worker(database, Path(logs.name) / "worker.log")
+        cls.addClassCleanup(cls.worker.stop)
         cls.worker.wait_ready()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.worker.stop()
-        cls.logs.cleanup()
-        # This process's connections to the test file, closed before Django deletes it (its
-        # -wal and -shm files would stay behind).
-        app.close()
-        JobStore.shared(str(connection.settings_dict["NAME"])).close()
-        super().tearDownClass()
 
     def order(self, order_id: int) -> dict[str, Any]:
         response = self.client.get(f"/orders/{order_id}/")
