@@ -215,7 +215,7 @@ def test_install_schema_adopts_an_application_file_others_refuse(tmp_path: Path)
     conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
     conn.commit()
     conn.close()
-    with pytest.raises(DatabaseUnusable, match="queuectl init"):
+    with pytest.raises(DatabaseUnusable, match="queuectl --db .* init"):
         JobStore(str(path)).open()
     install_schema(path)
     JobStore(str(path)).open()
