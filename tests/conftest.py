@@ -12,6 +12,11 @@ import pytest
 from .support.clock import Clock
 from .support.postgres import fresh_database
 
+#: pytester: tests/plugin runs docs/testing.md's example project in a pytest of its own;
+#: celery.contrib.pytest: Celery's testing fixtures (celery_app, celery_worker), which tests/plugin
+#: points at queuectl through queuectl_config, as docs/testing.md tells a project to.
+pytest_plugins = ["pytester", "celery.contrib.pytest"]
+
 #: The engines a queuectl database runs on: the parametrized fixtures below run a test on each.
 ENGINES = ("sqlite", "postgresql")
 

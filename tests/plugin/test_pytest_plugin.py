@@ -13,8 +13,6 @@ from celery import Celery, chord, shared_task
 
 from tests.support.paths import REPO
 
-pytest_plugins = ["pytester"]
-
 DOC = REPO / "docs" / "testing.md"
 
 
