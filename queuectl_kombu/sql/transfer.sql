@@ -9,10 +9,10 @@ SELECT id, task_id, task_name, queue, state, priority, payload, attempts, delive
        next_run_at, lease_owner, lease_expires_at, expires_at, created_at, updated_at, last_error
 FROM jobs WHERE state <> 'completed' ORDER BY id
 
--- name: copy_job_present
--- The destination's job of this task id in this queue (its message, to tell a job copied before
--- from another that happens to have the same id).
-SELECT payload FROM jobs WHERE task_id = :task_id AND queue = :queue LIMIT 1
+-- name: copy_jobs_present
+-- The destination's jobs of these task ids (:task_ids, a JSON array), with their queue and
+-- message: a job copied before is told from another that happens to have the same id.
+SELECT task_id, queue, payload FROM jobs WHERE task_id IN (SELECT value FROM json_each(:task_ids))
 
 -- name: copy_anonymous_job_present
 -- A message without a task id (plain kombu): the same one is the same message, queue and time.

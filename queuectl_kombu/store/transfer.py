@@ -17,6 +17,8 @@ logger = logging.getLogger("queuectl_kombu.store")
 
 #: Rows deleted per statement when a move empties the source.
 DELETE_BATCH = 5000
+#: Task ids looked up per statement at the destination.
+PRESENT_BATCH = 1000
 
 
 @dataclass
@@ -111,17 +113,25 @@ class Transfer(ConfigStore):
                 if self.db.engine == "sqlite":
                     params["value"] = value
                 written.results += _inserted(conn.execute(Q["copy_result_in"], params))
+            present = self._present(conn, rows.jobs)
+            inserts: list[dict[str, Any]] = []
             for row in rows.jobs:
-                present = conn.execute(
-                    Q["copy_job_present"] if row["task_id"] is not None else Q["copy_anonymous_job_present"],
-                    {key: row[key] for key in ("task_id", "queue", "created_at", "payload")}).fetchone()
-                if present is not None:
-                    written.skipped.append((str(row["task_id"]), str(row["queue"])))
-                    if present[0] == row["payload"]:
+                key = (str(row["task_id"]), str(row["queue"]))
+                if row["task_id"] is not None:
+                    payload = present.get(key)
+                else:
+                    found = conn.execute(Q["copy_anonymous_job_present"],
+                                         {k: row[k] for k in ("queue", "created_at", "payload")}).fetchone()
+                    payload = None if found is None else found[0]
+                if payload is not None:
+                    written.skipped.append(key)
+                    if payload == row["payload"]:
                         written.held.append(int(row["id"]))
                     else:
-                        written.different.append((str(row["task_id"]), str(row["queue"])))
+                        written.different.append(key)
                     continue
+                if row["task_id"] is not None:
+                    present[key] = row["payload"]  # a second copy of it in the source is skipped too
                 written.held.append(int(row["id"]))
                 job = dict(row)
                 if job["state"] == "processing":
@@ -131,8 +141,10 @@ class Transfer(ConfigStore):
                     job["next_run_at"] = now
                     job["updated_at"] = now
                     written.requeued += 1
-                conn.execute(Q["copy_job_in"], job)
+                inserts.append(job)
                 written.jobs[job["state"]] = written.jobs.get(job["state"], 0) + 1
+            if inserts:
+                conn.executemany(Q["copy_job_in"], inserts)  # one statement, all the rows
         self._committed()
         for task_id, queue in written.skipped:
             logger.info("job %s of queue %s is in %s already: not copied", task_id, queue, self.path)
@@ -141,6 +153,18 @@ class Transfer(ConfigStore):
                            self.path, task_id, queue)
         logger.info("copied %d jobs from %s into %s", sum(written.jobs.values()), source, self.path)
         return written
+
+    @staticmethod
+    def _present(conn: Any, jobs: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
+        """(task id, queue) -> message of the destination's jobs whose task ids `jobs` carry:
+        one read per PRESENT_BATCH ids, not one per job."""
+        ids = sorted({str(job["task_id"]) for job in jobs if job["task_id"] is not None})
+        present: dict[tuple[str, str], str] = {}
+        for start in range(0, len(ids), PRESENT_BATCH):
+            chunk = json.dumps(ids[start:start + PRESENT_BATCH])
+            for task_id, queue, payload in conn.execute(Q["copy_jobs_present"], {"task_ids": chunk}):
+                present.setdefault((str(task_id), str(queue)), str(payload))
+        return present
 
     def delete_jobs(self, ids: Sequence[int]) -> int:
         """Delete the jobs `ids` (a move's source, once the destination committed them)."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import collections
 import json
 import re
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from queuectl_kombu import JobState, JobStore
 from tests.support.paths import queuectl_executable
 from tests.support.processes import child_env, run
+from tests.support.reading import rows
 
 TASKS = 20_000
 #: Completed tasks before the backup is taken: the drain is well under way, far from its end.
@@ -25,14 +25,6 @@ ACKS_LATE = {"task_acks_late": True, "worker_prefetch_multiplier": 4}
 def queuectl(*args: str) -> tuple[int, str, str]:
     proc = run([queuectl_executable(), *args], env=child_env(unset=["QUEUECTL_DB"]), timeout=60)
     return proc.returncode, proc.stdout, proc.stderr
-
-
-def rows(path: Path, statement: str) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return [tuple(r) for r in conn.execute(statement)]
-    finally:
-        conn.close()
 
 
 @pytest.mark.slow

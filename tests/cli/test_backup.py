@@ -16,6 +16,7 @@ import pytest
 from click.testing import Result
 
 from queuectl_kombu import JobState, JobStore, NewJob
+from tests.support.reading import rows
 
 from .conftest import snapshot
 
@@ -32,14 +33,6 @@ def journal_mode(path: Path) -> str:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
-    finally:
-        conn.close()
-
-
-def rows(path: Path, statement: str) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return [tuple(r) for r in conn.execute(statement)]
     finally:
         conn.close()
 

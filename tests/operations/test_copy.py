@@ -205,3 +205,23 @@ def test_the_same_postgresql_database_named_two_ways_is_refused(pg_url: str) -> 
     assert other != pg_url
     done = queuectl("copy", "--move", pg_url, other)
     assert done.exit_code == 2 and "the source and the destination are the same database" in done.output
+
+
+def test_one_task_id_in_two_queues_and_twice_in_one(db_path: str, pg_url: str, tmp_path: Path) -> None:
+    """Presence is looked up per batch of task ids, per (task id, queue): a message routed to two
+    queues is two jobs, and a second copy of it in the same queue of the source is skipped."""
+    from queuectl_kombu import NewJob
+
+    Queue(db_path, tmp_path)
+    store = JobStore(db_path)
+    store.publish_many([NewJob(queue="a", payload='{"m": 1}', task_id="fan"),
+                        NewJob(queue="b", payload='{"m": 1}', task_id="fan")])
+    store.publish_many([NewJob(queue="a", payload='{"m": 1}', task_id="fan")])  # published again
+    store.close()
+    done = queuectl("copy", "--format", "json", db_path, pg_url)
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.output)
+    assert report["copied"] == 2 and report["skipped"] == [{"task_id": "fan", "queue": "a"}]
+    dest = JobStore(pg_url)
+    assert sorted(j.queue for j in dest.list_jobs(jobs_only=True)) == ["a", "b"]
+    dest.close()
