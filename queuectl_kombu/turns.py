@@ -1,0 +1,51 @@
+"""Writers of one SQLite file take turns: an flock on its -wal file, held from BEGIN IMMEDIATE to
+COMMIT, so that a writer who finds the write lock taken sleeps in the kernel and wakes as it is
+released, in turn, instead of in SQLite's busy handler (sleeps of 1 to 100 ms, growing).
+
+The turn is a courtesy, not the lock: SQLite's own lock still keeps the file consistent, and a
+writer that takes no turn (the sqlite3 shell, an application's connection in enqueue_in) only
+falls back on the busy handler. So it fails open: no -wal file yet, or an flock refused, and the
+write goes on as it would have. A process killed in its turn loses it with its descriptors.
+
+Why the -wal file: SQLite takes no POSIX lock on it (strace -e fcntl: none, where the database
+file and -shm get dozens per commit), so a descriptor of it can be opened and closed at will.
+Closing any descriptor of the database file would drop every POSIX lock this process holds on
+it, SQLite's included, and -shm holds SQLite's locks too. The -wal file goes with the last
+connection to the file and comes back with the next: it is opened for each turn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+
+
+class WriterTurns:
+    """The turn of one file's writers. The -wal file is opened for each turn and closed after it
+    (a few microseconds): no descriptor outlives a write, whatever becomes of the file, and none
+    is shared with a child after fork() (flock belongs to the open file description)."""
+
+    def __init__(self, db_path: str) -> None:
+        self.wal_path = db_path + "-wal"
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[bool]:
+        """Hold the turn meanwhile; yields whether one was had (False: no -wal file yet, or no
+        flock here). The threads of one process take turns among themselves first
+        (db._write_lock): two threads' flocks on two descriptors would exclude each other too."""
+        try:
+            fd = os.open(self.wal_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            yield False
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:
+                yield False
+                return
+            yield True  # closing the descriptor ends the turn
+        finally:
+            os.close(fd)
