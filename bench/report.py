@@ -93,6 +93,15 @@ def targets(doc: dict[str, Any]) -> list[dict[str, str]]:
         ratio = q / found[best]
         add(what, f"{ratio:.2f}x: queuectl {fmt(q)} vs {best} {fmt(found[best])} {unit}", ratio >= factor)
 
+    def lower(workload: str, key: str, rival: str, factor: float, what: str, strict: bool = False) -> None:
+        """A figure where lower is better: queuectl's median against `factor` times `rival`'s."""
+        q, r = _median(doc, workload, key, "queuectl"), _median(doc, workload, key, rival)
+        if q is None or r is None or not r:
+            add(what, None, None)
+            return
+        ok = q < factor * r if strict else q <= factor * r
+        add(what, f"{q / r:.2f}x: queuectl {q:.1f} ms vs {rival} {r:.1f} ms", ok)
+
     for w in ("drain", "drain-acks-late"):
         versus(w, "tasks_per_s", ("redis", "rabbitmq"), 1.0, "tasks/s",
                f"`{w}` (prefork -c 4): queuectl >= 1.0x the faster of redis and rabbitmq")
@@ -109,6 +118,14 @@ def targets(doc: dict[str, Any]) -> list[dict[str, str]]:
     q99 = _median(doc, "roundtrip", "p99_ms", "queuectl")
     add("`roundtrip` p99: queuectl < 15 ms", None if q99 is None else f"{q99:.1f} ms",
         None if q99 is None else q99 < 15)
+    lower("roundtrip", "p99_ms", "redis", 1.0, "`roundtrip` p99: queuectl <= redis (issue 19)")
+    lower("roundtrip", "p50_ms", "redis", 0.6, "`roundtrip` p50: queuectl <= 0.6x redis (issue 19)")
+    lower("mixed", "publish_p99_ms", "redis", 1.0, "`mixed` (4 producers, 2 workers): publish p99 <= redis (issue 19)")
+    lower("mixed", "publish_max_ms", "rabbitmq", 1.0, "`mixed`: slowest publish <= rabbitmq's (issue 19)")
+    versus("mixed", "tasks_per_s", ("redis", "rabbitmq"), 1.0, "tasks/s",
+           "`mixed`: end-to-end rate >= 1.0x the faster of redis and rabbitmq (issue 19)")
+    lower("mixed-8", "publish_p99_ms", "redis", 2.0, "`mixed-8` (8 producers): publish p99 < 2x redis (issue 19)",
+          strict=True)
     cpu = _median(doc, "idle", "cpu_pct", "queuectl")
     add("`idle`: queuectl worker < 1 % of a core", None if cpu is None else f"{cpu:.2f} %",
         None if cpu is None else cpu < 1)

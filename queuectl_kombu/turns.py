@@ -19,7 +19,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 from collections.abc import Iterator
+
+#: Whether this thread holds a turn (of any file).
+_held = threading.local()
 
 
 class WriterTurns:
@@ -35,6 +39,12 @@ class WriterTurns:
         """Hold the turn meanwhile; yields whether one was had (False: no -wal file yet, or no
         flock here). The threads of one process take turns among themselves first
         (db._write_lock): two threads' flocks on two descriptors would exclude each other too."""
+        if getattr(_held, "turn", False):
+            # a write to a second file inside a write to the first: waiting for a second turn
+            # while holding one could deadlock with a process doing the opposite (flock has no
+            # timeout, SQLite's busy handler has)
+            yield False
+            return
         try:
             fd = os.open(self.wal_path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -46,6 +56,10 @@ class WriterTurns:
             except OSError:
                 yield False
                 return
-            yield True  # closing the descriptor ends the turn
+            _held.turn = True
+            try:
+                yield True
+            finally:
+                _held.turn = False
         finally:
-            os.close(fd)
+            os.close(fd)  # which ends the turn

@@ -1,0 +1,177 @@
+"""Writers of a SQLite file take turns (turns.py): an flock on the -wal file held from BEGIN
+IMMEDIATE to COMMIT, which a waiting writer sleeps on in the kernel; and, SQLite's automatic
+checkpoint being off, a WAL that stays bounded all the same."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from queuectl_kombu import JobStore, NewJob
+from queuectl_kombu.db import CHECKPOINT_BYTES
+from queuectl_kombu.rules import WAL_LIMIT_BYTES
+
+from tests.support.waiting import wait_for
+
+#: A child that opens the file, enters a write transaction, says so, and commits when told.
+HOLDER = textwrap.dedent("""
+    import sys
+    from queuectl_kombu import JobStore, NewJob
+    store = JobStore(sys.argv[1])
+    with store.db.write() as conn:
+        store._insert(conn, [NewJob(queue="held", payload="{}")], False, set())
+        print("holding", flush=True)
+        sys.stdin.readline()
+    print("committed", flush=True)
+""")
+
+#: A child that publishes one job and says so.
+PUBLISHER = textwrap.dedent("""
+    import sys
+    from queuectl_kombu import JobStore, NewJob
+    JobStore(sys.argv[1]).publish(NewJob(queue="after", payload="{}"))
+    print("published", flush=True)
+""")
+
+
+@pytest.fixture
+def store(db_path: str) -> Iterator[JobStore]:
+    s = JobStore(db_path)
+    s.open()  # the file and its -wal file exist from here on
+    yield s
+    s.close()
+
+
+def _child(script: str, db_path: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", script, db_path], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def _turn_is_free(db_path: str) -> bool:
+    fd = os.open(db_path + "-wal", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # and the flock with it
+    return True
+
+
+def _waits_for_turn(pid: int, db_path: str) -> bool:
+    """Whether `pid` is blocked on an flock of the -wal file (/proc/locks: '->' lines)."""
+    inode = os.stat(db_path + "-wal").st_ino
+    with open("/proc/locks") as f:
+        return any("->" in line and " FLOCK " in line and f" {pid} " in line and f":{inode} " in line
+                   for line in f)
+
+
+def _count(store: JobStore, queue: str) -> int:
+    return int(store.db.connection().execute("SELECT COUNT(*) FROM jobs WHERE queue = ?", (queue,)).fetchone()[0])
+
+
+def test_a_writer_holds_the_turn_and_the_next_one_sleeps_on_it(store: JobStore, db_path: str) -> None:
+    holder = _child(HOLDER, db_path)
+    publisher = None
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+        assert not _turn_is_free(db_path)
+        publisher = _child(PUBLISHER, db_path)
+        # the second writer sleeps on the turn, not in SQLite's busy handler
+        wait_for(lambda: _waits_for_turn(publisher.pid, db_path), 30,
+                 what="the publisher to wait on the -wal file's flock")
+        assert _count(store, "after") == 0
+        assert holder.stdin is not None
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline() == "committed\n"
+        assert publisher.wait(30) == 0
+        assert (_count(store, "held"), _count(store, "after")) == (1, 1)
+        assert _turn_is_free(db_path)
+    finally:
+        for child in (holder, publisher):
+            if child is not None and child.poll() is None:
+                child.kill()
+                child.wait()
+
+
+def test_a_writer_killed_in_its_turn_leaves_it_and_the_file_free(store: JobStore, db_path: str) -> None:
+    holder = _child(HOLDER, db_path)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+        assert not _turn_is_free(db_path)
+        os.kill(holder.pid, signal.SIGKILL)
+        assert holder.wait(30) == -signal.SIGKILL
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    assert _turn_is_free(db_path)
+    store.publish(NewJob(queue="after", payload="{}"))
+    assert (_count(store, "held"), _count(store, "after")) == (0, 1)  # its transaction never committed
+
+
+def test_a_writer_that_takes_no_turn_is_waited_for(store: JobStore, db_path: str) -> None:
+    import sqlite3
+
+    other = sqlite3.connect(db_path, isolation_level=None)  # the sqlite3 shell, say: no turn
+    other.execute("BEGIN IMMEDIATE")
+    publisher = _child(PUBLISHER, db_path)
+    try:
+        # the publisher holds the turn (nobody else wants it) and waits in SQLite's busy handler
+        wait_for(lambda: not _turn_is_free(db_path), 30, what="the publisher to take its turn")
+        assert publisher.poll() is None
+        other.execute("ROLLBACK")
+        assert publisher.wait(30) == 0
+    finally:
+        other.close()
+        if publisher.poll() is None:
+            publisher.kill()
+            publisher.wait()
+    assert _count(store, "after") == 1
+
+
+def test_the_wal_stays_bounded_with_no_automatic_checkpoint(store: JobStore, db_path: str) -> None:
+    assert store.db.connection().execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    payload = '{"x": "' + "y" * 4000 + '"}'
+    largest = 0
+    for _ in range(6):  # 6 x 1,000 jobs of 4 KB: about 3 times the WAL's limit, publishes only
+        for _ in range(1_000):
+            store.publish(NewJob(queue="big", payload=payload))
+        largest = max(largest, store.db.wal_size())
+    assert largest <= 2 * CHECKPOINT_BYTES + 1024 * 1024
+    # claims and acks (not publishes) checkpoint from CHECKPOINT_BYTES on
+    for _ in range(60):
+        jobs = store.claim(["big"], 100, "w1", 60)
+        store.ack_many([job.id for job in jobs], "w1", retention=3600)
+        largest = max(largest, store.db.wal_size())
+    assert _count(store, "big") == 6_000
+    assert largest <= WAL_LIMIT_BYTES + 1024 * 1024
+    assert Path(db_path).stat().st_size > 6_000 * 4_000  # checkpointed into the file
+
+
+def test_a_write_to_a_second_file_inside_a_turn_takes_no_second_turn(store: JobStore, tmp_path: Path) -> None:
+    # holding one turn while waiting for another could deadlock with a process doing the
+    # opposite: flock has no timeout (SQLite's busy handler, which the second write waits in, has)
+    other = JobStore(str(tmp_path / "other.db"))
+    other.open()
+    try:
+        with other.db._turns.turn() as alone:
+            assert alone
+        with store.db.write():
+            with other.db._turns.turn() as second:
+                assert not second
+            other.publish(NewJob(queue="inner", payload="{}"))
+        assert _count(other, "inner") == 1
+        with other.db._turns.turn() as again:
+            assert again
+    finally:
+        other.close()
