@@ -5,6 +5,10 @@ this process's consumer rows, expires queues and messages past their TTL, prunes
 past their retention and old minutes of the stats table, checkpoints the WAL (SQLite) or keeps the
 planner's statistics of the jobs table fresh (PostgreSQL), and notices when the database file was
 deleted or replaced under the worker.
+
+It is also this process's checkpointer (SQLite): a write of the process that finds the WAL past
+its checkpoint size wakes the thread, which checkpoints at once, off the path of the claim, ack
+or result that found it (db.Database.checkpoint_in_background).
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ class Housekeeper(threading.Thread):
         self.transport = transport
         self.store = transport.store
         self._stop_event = threading.Event()
+        #: Set by this process's writes when the WAL wants a checkpoint (db.checkpoint_in_background)
+        #: and by stop(): either wakes the thread before its tick.
+        self._wake = threading.Event()
         self._pid = os.getpid()
 
     def alive(self) -> bool:
@@ -59,13 +66,23 @@ class Housekeeper(threading.Thread):
         return self._pid == os.getpid() and self.is_alive()
 
     def stop(self) -> None:
-        """Ask the thread to end; it does within one tick."""
+        """Ask the thread to end; it does at once, or after the piece of work it is doing."""
         self._stop_event.set()
+        self._wake.set()
 
     def run(self) -> None:
+        done = self.store.db.checkpoint_in_background(self._wake)
+        try:
+            self._run()
+        finally:
+            done()
+            self.store.close()
+
+    def _run(self) -> None:
         last = _Last()
         failing: str | None = None  # the error of the rounds failing since, said once a minute
         failing_said = -math.inf
+        next_tick = -math.inf
         while not self._stop_event.is_set():
             try:
                 moved = self.store.db.moved()
@@ -79,8 +96,19 @@ class Housekeeper(threading.Thread):
                     break
                 with fork_guard():
                     lease = self.transport.lease_seconds()
-                if self._stop_event.wait(max(0.05, min(1.0, lease / 4))):
+                if next_tick == -math.inf:
+                    next_tick = time.monotonic() + max(0.05, min(1.0, lease / 4))
+                woken = self._wake.wait(max(0.0, next_tick - time.monotonic()))
+                if self._stop_event.is_set():
                     break
+                if woken:  # a write of this process found the WAL past its checkpoint size
+                    self._wake.clear()
+                    with fork_guard():
+                        self.store.checkpoint()
+                        last.checkpoint = time.monotonic()
+                if time.monotonic() < next_tick:
+                    continue
+                next_tick = -math.inf
                 with fork_guard():  # a pool process forked meanwhile must not inherit SQLite's locks
                     self._tick(time.monotonic(), lease, last)
                 if failing is not None:
@@ -96,7 +124,6 @@ class Housekeeper(threading.Thread):
             except Exception:  # pragma: no cover - keep leases alive whatever happens
                 logger.exception("housekeeper failed; retrying")
                 self._stop_event.wait(1.0)
-        self.store.close()
 
     def _tick(self, now: float, lease: float, last: _Last) -> None:
         """One round: each kind of work whose time has come."""

@@ -31,7 +31,7 @@ import select
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -828,6 +828,10 @@ class Database:
     def checkpoint(self, truncate: bool = False) -> tuple[int, int, int]:
         """The server checkpoints its own WAL."""
         return (0, 0, 0)
+
+    def checkpoint_in_background(self, wanted: threading.Event) -> Callable[[], None]:
+        """Nothing to do: the server checkpoints its own WAL."""
+        return lambda: None
 
     def wal_size(self) -> int:
         return 0

@@ -1,6 +1,7 @@
 """Writers of a SQLite file take turns (turns.py): an flock on the -wal file held from BEGIN
 IMMEDIATE to COMMIT, which a waiting writer sleeps on in the kernel; and, SQLite's automatic
-checkpoint being off, a WAL that stays bounded all the same."""
+checkpoint being off, a WAL that stays bounded all the same: checkpointed by the writers, or by
+the housekeeper they wake."""
 
 from __future__ import annotations
 
@@ -148,7 +149,7 @@ def test_the_wal_stays_bounded_with_no_automatic_checkpoint(store: JobStore, db_
             store.publish(NewJob(queue="big", payload=payload))
         largest = max(largest, store.db.wal_size())
     assert largest <= 2 * CHECKPOINT_BYTES + 1024 * 1024
-    # claims and acks (not publishes) checkpoint from CHECKPOINT_BYTES on
+    # claims and acks of a process with no housekeeper checkpoint themselves too
     for _ in range(60):
         jobs = store.claim(["big"], 100, "w1", 60)
         store.ack_many([job.id for job in jobs], "w1", retention=3600)
@@ -175,3 +176,32 @@ def test_a_write_to_a_second_file_inside_a_turn_takes_no_second_turn(store: JobS
             assert again
     finally:
         other.close()
+
+
+def test_a_process_with_a_background_checkpointer_only_wakes_it(store: JobStore) -> None:
+    import threading
+
+    wanted = threading.Event()
+    done = store.db.checkpoint_in_background(wanted)
+    payload = '{"x": "' + "y" * 4000 + '"}'
+    try:
+        while not wanted.is_set():  # past CHECKPOINT_BYTES: the first write to see it wakes it
+            jobs = [store.publish(NewJob(queue="big", payload=payload)) for _ in range(100)]
+            claimed = store.claim(["big"], 100, "w1", 60)
+            store.ack_many([job.id for job in claimed], "w1", retention=3600)
+            assert len(jobs) == len(claimed) == 100
+            assert store.db.wal_size() < 4 * CHECKPOINT_BYTES, "nobody woke the checkpointer"
+        grown = store.db.wal_size()
+        assert grown > CHECKPOINT_BYTES
+        for _ in range(3):  # the writers leave the checkpoint to it: the WAL keeps growing
+            store.claim(["big"], 1, "w1", 60)
+            store.publish(NewJob(queue="big", payload=payload))
+        assert store.db.wal_size() > grown
+        store.db.checkpoint()  # what the housekeeper does when woken
+    finally:
+        done()
+    wanted.clear()
+    for _ in range(2_000):  # on their own again: checkpoints on the writers' path
+        store.publish(NewJob(queue="big", payload=payload))
+        assert store.db.wal_size() <= WAL_LIMIT_BYTES + 1024 * 1024
+    assert not wanted.is_set()
