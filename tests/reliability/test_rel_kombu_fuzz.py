@@ -7,7 +7,10 @@ ValueError naming the header when `id`, `task` or (used for the task id) `correl
 no string or number, or `x-max-retries` is no whole number from 0 to 10000; DuplicateJob for
 an x-unique-id message whose task id exists. An `eta` that is unreadable, overflows or is not
 finite is ignored with a warning: the message is due at once. The transport runs on the real
-clock: every eta and expiration is drawn far enough from now that the test cannot race it.
+clock: every eta and expiration is drawn far enough from now that the test cannot race it,
+except an expiration of 0 or less, which has passed when the publish returns: the connection's
+housekeeper (running from the first basic_get on) may delete such a message before the test
+reads its row, and the test accepts either.
 """
 
 from __future__ import annotations
@@ -318,7 +321,15 @@ def test_publish_then_consume_or_a_clear_error(
         if eta_ignored:
             COUNTS["kombu: published with an ignored eta"] += 1
 
-        (row,) = _rows(checker, queue)
+        rows = _rows(checker, queue)
+        if not rows and expiration is not None and expiration <= 0 and not headers.get("task"):
+            # Expired as it was published (a Celery task's expiration is left to the worker):
+            # the housekeeper this process runs since its first basic_get deletes expired
+            # messages every second, and may have done so already. Never delivered either way.
+            COUNTS["kombu: published expired, deleted by the housekeeper"] += 1
+            assert channel.basic_get(queue) is None
+            return
+        (row,) = rows
         assert row.state is JobState.PENDING and 0 <= row.priority <= 9
         assert (row.task_id, row.task_name, row.max_retries) == (
             expected["task_id"], expected["task_name"], expected["max_retries"],
