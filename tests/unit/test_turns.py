@@ -205,3 +205,27 @@ def test_a_process_with_a_background_checkpointer_only_wakes_it(store: JobStore)
         store.publish(NewJob(queue="big", payload=payload))
         assert store.db.wal_size() <= WAL_LIMIT_BYTES + 1024 * 1024
     assert not wanted.is_set()
+
+
+def test_a_worker_s_housekeeper_checkpoints_when_a_write_wakes_it(db_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import kombu
+
+    from queuectl_kombu import housekeeper
+
+    monkeypatch.setattr(housekeeper, "CHECKPOINT_EVERY", 3600.0)  # no checkpoint on its timer
+    store = JobStore.shared(db_path)  # the Database the connection's transport shares
+    with kombu.Connection(f"sqlite:///{db_path}") as conn:
+        queue = conn.SimpleQueue("start")
+        queue.put({"n": 1})
+        queue.get(timeout=10).ack()  # a delivery starts the connection's housekeeper
+        assert conn.transport._housekeeper is not None and conn.transport._housekeeper.alive()
+        before = Path(db_path).stat().st_size  # the jobs reach the file only by a checkpoint
+        payload = '{"x": "' + "y" * 4000 + '"}'
+        # just past CHECKPOINT_BYTES: not past twice it (a process's own checkpoint) nor past
+        # WAL_LIMIT_BYTES (the housekeeper's truncating one on its tick)
+        while store.db.wal_size() <= CHECKPOINT_BYTES:
+            store.publish(NewJob(queue="big", payload=payload))
+        assert store.db.wal_size() < 2 * CHECKPOINT_BYTES
+        wait_for(lambda: Path(db_path).stat().st_size > before, 30,
+                 what="the housekeeper to checkpoint the WAL into the database file")
+        queue.close()
