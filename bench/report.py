@@ -126,6 +126,8 @@ def targets(doc: dict[str, Any]) -> list[dict[str, str]]:
            "`mixed`: end-to-end rate >= 1.0x the faster of redis and rabbitmq (issue 19)")
     lower("mixed-8", "publish_p99_ms", "redis", 2.0, "`mixed-8` (8 producers): publish p99 < 2x redis (issue 19)",
           strict=True)
+    lower("mixed-paced", "publish_p99_ms", "redis", 1.0,
+          "`mixed-paced` (4 producers at one rate for every peer): publish p99 <= redis")
     cpu = _median(doc, "idle", "cpu_pct", "queuectl")
     add("`idle`: queuectl worker < 1 % of a core", None if cpu is None else f"{cpu:.2f} %",
         None if cpu is None else cpu < 1)

@@ -25,6 +25,9 @@ from .worker import Worker, interrupted, wait_for
 
 #: Where the scale workloads put their pending filler jobs: a queue no worker of the bench consumes.
 OTHER_QUEUE = "queuectl-bench-other"
+#: Sends a second, all producers together, in `mixed-paced`: under what every peer drains here
+#: (about 1,000 tasks/s and more), so that the peers are compared at one load.
+PACED_RATE = 600
 
 
 @dataclass
@@ -238,14 +241,38 @@ def scaling(run: Run, ks: tuple[int, ...] = (1, 2, 3)) -> dict[str, Any]:
     return out
 
 
-def producer_main(broker: str, backend: str | None, ids: tuple[int, int], out: str, ready: Any, go: Any) -> None:
+def _schedstat() -> Callable[[], tuple[int, int]] | None:
+    """A reader of this thread's (ns on a CPU, ns runnable but waiting for one) from
+    /proc/thread-self/schedstat (Linux with schedstats), or None where there is none."""
+    try:
+        fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+    def read() -> tuple[int, int]:
+        ran, waited, _ = os.pread(fd, 128, 0).split()
+        return int(ran), int(waited)
+
+    return read
+
+
+def producer_main(broker: str, backend: str | None, ids: tuple[int, int], out: str, ready: Any, go: Any,
+                  rate: float | None = None) -> None:
     """One producer process of `mixed`: connects, says it is ready, waits for the go, then sends
-    bench.noop(i) for i in range(*ids) one at a time, timing each send_task with perf_counter;
-    writes {"first": wall time of the first send, "last": wall time after the last, "ms": [...]}."""
+    bench.noop(i) for i in range(*ids) one at a time, timing each send_task with perf_counter:
+    back to back, or with `rate` (sends a second) each send due at first + k / rate and timed from
+    then (a send that starts late because the one before it took long counts the delay: open
+    loop, as a web application's requests arrive whether or not the last one is done).
+    Also, per send, the ms this thread spent on a CPU and runnable but waiting for one (schedstat).
+    Writes {"first": wall time of the first send, "last": wall time after the last, "ms": [...],
+    "cpu_ms": [...], "runq_ms": [...]}."""
     from .celeryapp import make_app
 
     app = make_app(broker, backend)
     ms: list[float] = []
+    cpu_ms: list[float] = []
+    runq_ms: list[float] = []
+    sched = _schedstat()
     try:
         with app.producer_or_acquire() as producer:
             producer.connection.ensure_connection(max_retries=3)
@@ -253,23 +280,48 @@ def producer_main(broker: str, backend: str | None, ids: tuple[int, int], out: s
             if not go.wait(120):
                 raise TimeoutError("no go from the bench in 120 s")
             first = time.time()
-            for i in range(*ids):
+            start = time.perf_counter()
+            for k, i in enumerate(range(*ids)):
+                due = start + k / rate if rate else None
+                before = sched() if sched else (0, 0)  # before the sleep: a late wake-up counts
+                if due is not None and due > time.perf_counter():
+                    time.sleep(due - time.perf_counter())  # the pace of the workload, not a wait on a condition
                 t0 = time.perf_counter()
                 app.send_task("bench.noop", args=[i], producer=producer, ignore_result=True)
-                ms.append((time.perf_counter() - t0) * 1000)
+                t1 = time.perf_counter()
+                after = sched() if sched else (0, 0)
+                ms.append((t1 - (t0 if due is None else min(t0, due))) * 1000)
+                cpu_ms.append((after[0] - before[0]) / 1e6)
+                runq_ms.append((after[1] - before[1]) / 1e6)
             last = time.time()
     finally:
         app.close()
     with open(out + ".tmp", "w") as f:
-        json.dump({"first": first, "last": last, "ms": ms}, f)
+        json.dump({"first": first, "last": last, "ms": ms, "cpu_ms": cpu_ms if sched else None,
+                   "runq_ms": runq_ms if sched else None}, f)
     os.replace(out + ".tmp", out)
 
 
-def mixed(run: Run, producers: int = 4, workers: int = 2) -> dict[str, Any]:
+def slowest_share(sent: list[dict[str, Any]]) -> dict[str, float]:
+    """Where the slowest 1 % of sends spent their time, in % of it: waiting for a CPU while
+    runnable, on one, and off it neither (asleep: a lock, I/O, the broker's reply). Empty without
+    schedstat."""
+    if any(s.get("runq_ms") is None for s in sent):
+        return {}
+    sends = sorted((ms, cpu, runq) for s in sent for ms, cpu, runq in zip(s["ms"], s["cpu_ms"], s["runq_ms"]))
+    slow = sends[-max(1, len(sends) // 100):]
+    total = sum(ms for ms, _, _ in slow) or 1.0
+    runq = 100 * sum(r for _, _, r in slow) / total
+    cpu = 100 * sum(c for _, c, _ in slow) / total
+    return {"slowest_runq_pct": runq, "slowest_cpu_pct": cpu, "slowest_asleep_pct": max(0.0, 100 - runq - cpu)}
+
+
+def mixed(run: Run, producers: int = 4, workers: int = 2, rate: float | None = None) -> dict[str, Any]:
     """`producers` processes (spawned) each send n/producers tasks one at a time, as fast as they
-    can, while `workers` workers (each prefork -c 4, started and ready before) drain the queue:
+    can (or, with `rate`, at rate/producers sends a second each, timed from when each was due),
+    while `workers` workers (each prefork -c 4, started and ready before) drain the queue:
     tasks/s from the first send to the last task's end, and the latency of each send_task (ms,
-    all producers' together). Deliveries checked."""
+    all producers' together), and where the slowest 1 % spent it. Deliveries checked."""
     import multiprocessing
 
     n = run.n
@@ -284,7 +336,8 @@ def mixed(run: Run, producers: int = 4, workers: int = 2) -> dict[str, Any]:
             count = share + (j < extra)
             outs.append(os.path.join(run.workdir, f"producer-{j}.json"))
             procs.append(ctx.Process(target=producer_main, name=f"bench-producer-{j}", daemon=True,
-                                     args=(run.broker, run.backend, (start, start + count), outs[-1], ready, go)))
+                                     args=(run.broker, run.backend, (start, start + count), outs[-1], ready, go,
+                                           None if rate is None else rate / producers)))
             start += count
         for p in procs:
             p.start()
@@ -317,7 +370,7 @@ def mixed(run: Run, producers: int = 4, workers: int = 2) -> dict[str, Any]:
     q = statistics.quantiles(ms, n=100, method="inclusive")
     return {"tasks_per_s": n / (last_end - first_send), "e2e_s": last_end - first_send,
             "publish_per_s": n / (last_send - first_send), "publish_p50_ms": q[49], "publish_p99_ms": q[98],
-            "publish_max_ms": ms[-1], "publish_samples": len(ms), **deliveries(run, n)}
+            "publish_max_ms": ms[-1], "publish_samples": len(ms), **slowest_share(sent), **deliveries(run, n)}
 
 
 def roundtrip(run: Run, warmup: int = 20, warmup_budget: float = 10.0, budget: float = 60.0) -> dict[str, Any]:
@@ -536,9 +589,21 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in (
                        unit="tasks/s"),
                 Metric("publish_p50_ms", f"mixed {{n}}, {p} producers, publish p50, ms", False, 2, unit="ms"),
                 Metric("publish_p99_ms", f"mixed {{n}}, {p} producers, publish p99, ms", False, 2, unit="ms"),
-                Metric("publish_max_ms", f"mixed {{n}}, {p} producers, publish max, ms", False, 1, unit="ms")),
+                Metric("publish_max_ms", f"mixed {{n}}, {p} producers, publish max, ms", False, 1, unit="ms"),
+                Metric("slowest_runq_pct", f"mixed {{n}}, {p} producers, slowest 1 % of publishes: % of their "
+                       "time runnable, waiting for a CPU", False, unit="%")),
                10_000)
       for name, p in (("mixed", 4), ("mixed-8", 8))),
+    Workload("mixed-paced", functools.partial(mixed, producers=4, rate=PACED_RATE),
+             (Metric("publish_p50_ms", f"mixed-paced {{n}}, 4 producers at {PACED_RATE:,} sends/s in all, "
+                     "publish p50 (from when due), ms", False, 2, unit="ms"),
+              Metric("publish_p99_ms", f"mixed-paced {{n}}, 4 producers at {PACED_RATE:,} sends/s in all, "
+                     "publish p99 (from when due), ms", False, 2, unit="ms"),
+              Metric("publish_max_ms", f"mixed-paced {{n}}, 4 producers at {PACED_RATE:,} sends/s in all, "
+                     "publish max (from when due), ms", False, 1, unit="ms"),
+              Metric("slowest_runq_pct", "mixed-paced {n}, slowest 1 % of publishes: % of their time runnable, "
+                     "waiting for a CPU", False, unit="%")),
+             6_000),
     _scale(10_000),
     _scale(100_000),
     _scale(1_000_000),
