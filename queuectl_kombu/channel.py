@@ -141,7 +141,15 @@ class Channel(Routing, virtual.Channel):
         return True
 
     def _claim(self, queues: list[str], limit: int) -> list[ClaimedJob]:
-        return self.store.claim(queues, limit, self.transport.owner, self.transport.lease_seconds())
+        """Claim; on the event loop of a SQLite worker, in one transaction with the acks waiting
+        to be written (their flush would be a transaction of its own a moment later: each takes
+        the file's turn from the publishers)."""
+        owner, lease = self.transport.owner, self.transport.lease_seconds()
+        if self.qos.pending_writes() and self.store.db.engine == "sqlite" and self.transport.on_loop_thread():
+            with self.store.one_transaction():
+                self.qos.flush()
+                return self.store.claim(queues, limit, owner, lease)
+        return self.store.claim(queues, limit, owner, lease)
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
         claimed = self._claim([queue], 1)

@@ -205,6 +205,55 @@ def test_event_loop_delivers_and_flushes_acks(url: str, db_target: str) -> None:
     assert store.counts()[JobState.COMPLETED] == 3
 
 
+def test_a_claim_on_the_event_loop_writes_the_waiting_acks_in_its_own_transaction(tmp_path: Path) -> None:
+    """On a worker's event loop the acks gathered since the last flush go into the next claim's
+    transaction: one turn of the file's writers, not two (the publishers wait for each).
+    (basic_get first marks the queue used, in a transaction of its own; a worker consumes.)"""
+    from kombu.asynchronous import Hub
+
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    with Connection(url) as other:
+        q = other.SimpleQueue("pig")
+        for i in range(2):
+            q.put(i)
+        q.close()
+    hub = Hub()
+    with Connection(url) as conn:
+        conn.connect()
+        transport = conn.transport
+        transport.register_with_event_loop(conn.connection, hub)
+        try:
+            channel = conn.default_channel
+            first = channel.basic_get("pig")
+            first.ack()  # on the loop's thread: gathered, not written
+            assert channel.qos.pending_writes() == 1
+            statements: list[str] = []
+            db_conn = channel.store.db.connection()
+            db_conn.set_trace_callback(statements.append)
+            try:
+                second = channel.basic_get("pig")
+            finally:
+                db_conn.set_trace_callback(None)
+            assert second is not None and second.payload == 1
+            transactions: list[list[str]] = []
+            for statement in statements:
+                if statement.startswith("BEGIN"):
+                    transactions.append([])
+                elif transactions:
+                    transactions[-1].append(statement)
+            (both,) = [t for t in transactions if any("state = 'processing'" in s for s in t)]
+            assert any("state = 'completed'" in s for s in both)  # the ack, with the claim
+            assert not any("state = 'completed'" in s for t in transactions if t is not both for s in t)
+            assert channel.qos.pending_writes() == 0
+            counts = JobStore(str(tmp_path / "q.db")).counts()
+            assert counts[JobState.COMPLETED] == 1 and counts[JobState.PROCESSING] == 1
+            second.ack()
+        finally:
+            transport.unregister_from_event_loop(conn.connection, hub)
+    hub.close()
+    assert JobStore(str(tmp_path / "q.db")).counts()[JobState.COMPLETED] == 2
+
+
 def test_drain_events_delivers_one_message_per_call(url: str) -> None:
     """kombu's contract: one event per drain_events call (pidbox counts replies that way)."""
     received: list[str] = []
