@@ -103,9 +103,10 @@ class Housekeeper(threading.Thread):
                     break
                 if woken:  # a write of this process found the WAL past its checkpoint size
                     self._wake.clear()
-                    with fork_guard():
-                        self.store.checkpoint()
-                        last.checkpoint = time.monotonic()
+                    # not under fork_guard: the checkpoint keeps fork() out by itself, and the
+                    # event loop's claims and acks go on meanwhile
+                    self.store.checkpoint()
+                    last.checkpoint = time.monotonic()
                 if time.monotonic() < next_tick:
                     continue
                 next_tick = -math.inf

@@ -229,3 +229,44 @@ def test_a_worker_s_housekeeper_checkpoints_when_a_write_wakes_it(db_path: str, 
         wait_for(lambda: Path(db_path).stat().st_size > before, 30,
                  what="the housekeeper to checkpoint the WAL into the database file")
         queue.close()
+
+
+def test_a_checkpoint_in_one_thread_does_not_hold_up_the_writes_of_another(store: JobStore) -> None:
+    """A worker's housekeeper checkpoints (a copy and two fsyncs) while its event loop claims and
+    acks: the claim is not made to wait for the checkpoint to end. The checkpointing thread is held
+    inside its PRAGMA by a progress handler until the other thread's publish has committed."""
+    import threading
+
+    for _ in range(20):  # frames for the checkpoint to copy
+        store.publish(NewJob(queue="before", payload="{}"))
+    inside, release = threading.Event(), threading.Event()
+    checkpointed: list[tuple[int, int, int]] = []
+
+    def hold(_: object = None) -> int:
+        inside.set()
+        release.wait(30)
+        return 0  # go on
+
+    def checkpointer() -> None:
+        conn = store.db.connection()  # this thread's own
+        conn.set_progress_handler(hold, 1)
+        try:
+            checkpointed.append(store.db.checkpoint())
+        finally:
+            conn.set_progress_handler(None, 1)
+
+    published: list[int] = []
+    ckpt = threading.Thread(target=checkpointer)
+    writer = threading.Thread(target=lambda: published.append(store.publish(NewJob(queue="during", payload="{}"))))
+    ckpt.start()
+    try:
+        assert inside.wait(10), "the checkpoint's progress handler never ran"
+        writer.start()
+        wait_for(lambda: published, 10, what="a publish while another thread of the process checkpoints")
+    finally:
+        release.set()
+        ckpt.join(30)
+        if writer.ident is not None:
+            writer.join(30)
+    assert checkpointed and checkpointed[0][0] == 0, checkpointed  # the checkpoint was not busy
+    assert store.get_job(published[0]).queue == "during"
