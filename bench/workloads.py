@@ -284,8 +284,9 @@ def producer_main(broker: str, backend: str | None, ids: tuple[int, int], out: s
             for k, i in enumerate(range(*ids)):
                 due = start + k / rate if rate else None
                 before = sched() if sched else (0, 0)  # before the sleep: a late wake-up counts
-                if due is not None and due > time.perf_counter():
-                    time.sleep(due - time.perf_counter())  # the pace of the workload, not a wait on a condition
+                ahead = 0.0 if due is None else due - time.perf_counter()
+                if ahead > 0:
+                    time.sleep(ahead)  # the pace of the workload, not a wait on a condition
                 t0 = time.perf_counter()
                 app.send_task("bench.noop", args=[i], producer=producer, ignore_result=True)
                 t1 = time.perf_counter()
