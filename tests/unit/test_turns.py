@@ -270,3 +270,60 @@ def test_a_checkpoint_in_one_thread_does_not_hold_up_the_writes_of_another(store
             writer.join(30)
     assert checkpointed and checkpointed[0][0] == 0, checkpointed  # the checkpoint was not busy
     assert store.get_job(published[0]).queue == "during"
+
+
+def test_fork_waits_for_a_checkpoint_in_another_thread(store: JobStore) -> None:
+    """A child forked while another thread is inside a checkpoint would inherit SQLite's mutexes
+    locked: fork() waits for the checkpoint to end (db._before_fork takes the checkpoint's lock)."""
+    import sys
+    import threading
+
+    from queuectl_kombu import db
+
+    for _ in range(5):
+        store.publish(NewJob(queue="before", payload="{}"))
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(_: object = None) -> int:
+        inside.set()
+        release.wait(30)
+        return 0
+
+    def checkpointer() -> None:
+        conn = store.db.connection()
+        conn.set_progress_handler(hold, 1)
+        try:
+            store.db.checkpoint()
+        finally:
+            conn.set_progress_handler(None, 1)
+
+    children: list[int] = []
+
+    def forker() -> None:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        children.append(pid)
+
+    ckpt = threading.Thread(target=checkpointer)
+    ckpt.start()
+    fork_thread = threading.Thread(target=forker)
+    try:
+        assert inside.wait(10), "the checkpoint's progress handler never ran"
+        fork_thread.start()
+
+        def waiting_in_before_fork() -> bool:
+            frame = sys._current_frames().get(fork_thread.ident or -1)
+            return frame is not None and frame.f_code is db._before_fork.__code__
+
+        wait_for(waiting_in_before_fork, 10, what="fork() waiting in db._before_fork for the checkpoint",
+                 interval=0.01)
+        assert not children, "fork() went on while another thread was inside a checkpoint"
+    finally:
+        release.set()
+        ckpt.join(30)
+        if fork_thread.ident is not None:
+            fork_thread.join(30)
+    assert len(children) == 1
+    _, status = os.waitpid(children[0], 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
