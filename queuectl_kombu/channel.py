@@ -146,9 +146,14 @@ class Channel(Routing, virtual.Channel):
         the file's turn from the publishers)."""
         owner, lease = self.transport.owner, self.transport.lease_seconds()
         if self.qos.pending_writes() and self.store.db.engine == "sqlite" and self.transport.on_loop_thread():
-            with self.store.one_transaction():
-                self.qos.flush()
-                return self.store.claim(queues, limit, owner, lease)
+            waiting = self.qos.waiting()
+            try:
+                with self.store.one_transaction():
+                    self.qos.flush()
+                    return self.store.claim(queues, limit, owner, lease)
+            except BaseException:
+                self.qos.put_back(waiting)  # rolled back with the claim: to be written again
+                raise
         return self.store.claim(queues, limit, owner, lease)
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:

@@ -97,6 +97,18 @@ class QoS(virtual.QoS):
         """Acks, rejects and cancels waiting to be written."""
         return len(self._acks) + len(self._rejects) + len(self._cancels)
 
+    def waiting(self) -> tuple[list[int], list[tuple[int, bool]], list[tuple[int, str]]]:
+        """A copy of what waits to be written, for put_back."""
+        return list(self._acks), list(self._rejects), list(self._cancels)
+
+    def put_back(self, waiting: tuple[list[int], list[tuple[int, bool]], list[tuple[int, str]]]) -> None:
+        """After a flush inside a transaction that then rolled back (Channel._claim): what it wrote
+        was undone with it, so it waits to be written again, ahead of what came meanwhile."""
+        acks, rejects, cancels = waiting
+        self._acks[:0] = [job for job in acks if job not in self._acks]
+        self._rejects[:0] = [reject for reject in rejects if reject not in self._rejects]
+        self._cancels[:0] = [cancel for cancel in cancels if cancel not in self._cancels]
+
     def flush(self) -> None:
         """Write the gathered acks and the rejects that could not be written yet; a write that
         fails keeps them for the next flush, with an ERROR naming the file."""

@@ -436,3 +436,49 @@ def test_control_messages_are_delivered_before_tasks_published_after_them(url: s
         conn.transport.unregister_from_event_loop(conn.connection, hub)
     hub.close()
     assert received == ["revoke-1", "revoke-2", "task-1", "task-2"]
+
+
+def test_acks_written_in_a_claim_that_rolls_back_are_written_again(tmp_path: Path) -> None:
+    """The acks a claim carries in its transaction are undone with it when the claim fails: they
+    wait to be written again (else their jobs would stay processing, leased to a live worker)."""
+    import sqlite3
+
+    from kombu.asynchronous import Hub
+
+    path = tmp_path / "q.db"
+    url = f"sqlite:///{path}"
+    with Connection(url) as other:
+        q = other.SimpleQueue("undo")
+        for i in range(2):
+            q.put(i)
+        q.close()
+    hub = Hub()
+    with Connection(url) as conn:
+        conn.connect()
+        transport = conn.transport
+        transport.register_with_event_loop(conn.connection, hub)
+        try:
+            channel = conn.default_channel
+            first = channel.basic_get("undo")
+            first.ack()  # gathered, not written
+            assert channel.qos.pending_writes() == 1
+            refuse = sqlite3.connect(path)
+            refuse.execute("CREATE TRIGGER refuse_claims BEFORE UPDATE OF state ON jobs "
+                           "WHEN NEW.state = 'processing' BEGIN SELECT RAISE(ABORT, 'claims refused'); END")
+            refuse.commit()
+            with pytest.raises(Exception, match="claims refused"):
+                channel.basic_get("undo")
+            assert channel.qos.pending_writes() == 1  # the ack, back in line
+            assert JobStore(str(path)).counts()[JobState.COMPLETED] == 0
+            refuse.execute("DROP TRIGGER refuse_claims")
+            refuse.commit()
+            refuse.close()
+            second = channel.basic_get("undo")
+            assert second is not None and second.payload == 1
+            assert channel.qos.pending_writes() == 0
+            assert JobStore(str(path)).counts()[JobState.COMPLETED] == 1
+            second.ack()
+        finally:
+            transport.unregister_from_event_loop(conn.connection, hub)
+    hub.close()
+    assert JobStore(str(path)).counts()[JobState.COMPLETED] == 2
