@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -205,15 +207,16 @@ def test_event_loop_delivers_and_flushes_acks(url: str, db_target: str) -> None:
     assert store.counts()[JobState.COMPLETED] == 3
 
 
-def test_a_claim_on_the_event_loop_writes_the_waiting_acks_in_its_own_transaction(tmp_path: Path) -> None:
-    """On a worker's event loop the acks gathered since the last flush go into the next claim's
-    transaction: one turn of the file's writers, not two (the publishers wait for each).
-    (basic_get first marks the queue used, in a transaction of its own; a worker consumes.)"""
+@contextlib.contextmanager
+def _one_ack_waiting(path: Path, queue: str) -> Iterator[Any]:
+    """A channel on a worker's event loop (a kombu Hub), with messages 0 and 1 published to
+    `queue` and 0 taken and acked on the loop's thread: gathered, not written yet. Yields the
+    channel; the caller takes 1 and acks it; both are completed after the block."""
     from kombu.asynchronous import Hub
 
-    url = f"sqlite:///{tmp_path / 'q.db'}"
+    url = f"sqlite:///{path}"
     with Connection(url) as other:
-        q = other.SimpleQueue("pig")
+        q = other.SimpleQueue(queue)
         for i in range(2):
             q.put(i)
         q.close()
@@ -224,34 +227,41 @@ def test_a_claim_on_the_event_loop_writes_the_waiting_acks_in_its_own_transactio
         transport.register_with_event_loop(conn.connection, hub)
         try:
             channel = conn.default_channel
-            first = channel.basic_get("pig")
-            first.ack()  # on the loop's thread: gathered, not written
+            channel.basic_get(queue).ack()
             assert channel.qos.pending_writes() == 1
-            statements: list[str] = []
-            db_conn = channel.store.db.connection()
-            db_conn.set_trace_callback(statements.append)
-            try:
-                second = channel.basic_get("pig")
-            finally:
-                db_conn.set_trace_callback(None)
-            assert second is not None and second.payload == 1
-            transactions: list[list[str]] = []
-            for statement in statements:
-                if statement.startswith("BEGIN"):
-                    transactions.append([])
-                elif transactions:
-                    transactions[-1].append(statement)
-            (both,) = [t for t in transactions if any("state = 'processing'" in s for s in t)]
-            assert any("state = 'completed'" in s for s in both)  # the ack, with the claim
-            assert not any("state = 'completed'" in s for t in transactions if t is not both for s in t)
-            assert channel.qos.pending_writes() == 0
-            counts = JobStore(str(tmp_path / "q.db")).counts()
-            assert counts[JobState.COMPLETED] == 1 and counts[JobState.PROCESSING] == 1
-            second.ack()
+            yield channel
         finally:
             transport.unregister_from_event_loop(conn.connection, hub)
     hub.close()
-    assert JobStore(str(tmp_path / "q.db")).counts()[JobState.COMPLETED] == 2
+    assert JobStore(str(path)).counts()[JobState.COMPLETED] == 2
+
+
+def test_a_claim_on_the_event_loop_writes_the_waiting_acks_in_its_own_transaction(tmp_path: Path) -> None:
+    """On a worker's event loop the acks gathered since the last flush go into the next claim's
+    transaction: one turn of the file's writers, not two (the publishers wait for each).
+    (basic_get first marks the queue used, in a transaction of its own; a worker consumes.)"""
+    with _one_ack_waiting(tmp_path / "q.db", "pig") as channel:
+        statements: list[str] = []
+        db_conn = channel.store.db.connection()
+        db_conn.set_trace_callback(statements.append)
+        try:
+            second = channel.basic_get("pig")
+        finally:
+            db_conn.set_trace_callback(None)
+        assert second is not None and second.payload == 1
+        transactions: list[list[str]] = []
+        for statement in statements:
+            if statement.startswith("BEGIN"):
+                transactions.append([])
+            elif transactions:
+                transactions[-1].append(statement)
+        (both,) = [t for t in transactions if any("state = 'processing'" in s for s in t)]
+        assert any("state = 'completed'" in s for s in both)  # the ack, with the claim
+        assert not any("state = 'completed'" in s for t in transactions if t is not both for s in t)
+        assert channel.qos.pending_writes() == 0
+        counts = JobStore(str(tmp_path / "q.db")).counts()
+        assert counts[JobState.COMPLETED] == 1 and counts[JobState.PROCESSING] == 1
+        second.ack()
 
 
 def test_drain_events_delivers_one_message_per_call(url: str) -> None:
@@ -443,42 +453,21 @@ def test_acks_written_in_a_claim_that_rolls_back_are_written_again(tmp_path: Pat
     wait to be written again (else their jobs would stay processing, leased to a live worker)."""
     import sqlite3
 
-    from kombu.asynchronous import Hub
-
     path = tmp_path / "q.db"
-    url = f"sqlite:///{path}"
-    with Connection(url) as other:
-        q = other.SimpleQueue("undo")
-        for i in range(2):
-            q.put(i)
-        q.close()
-    hub = Hub()
-    with Connection(url) as conn:
-        conn.connect()
-        transport = conn.transport
-        transport.register_with_event_loop(conn.connection, hub)
-        try:
-            channel = conn.default_channel
-            first = channel.basic_get("undo")
-            first.ack()  # gathered, not written
-            assert channel.qos.pending_writes() == 1
-            refuse = sqlite3.connect(path)
-            refuse.execute("CREATE TRIGGER refuse_claims BEFORE UPDATE OF state ON jobs "
-                           "WHEN NEW.state = 'processing' BEGIN SELECT RAISE(ABORT, 'claims refused'); END")
-            refuse.commit()
-            with pytest.raises(Exception, match="claims refused"):
-                channel.basic_get("undo")
-            assert channel.qos.pending_writes() == 1  # the ack, back in line
-            assert JobStore(str(path)).counts()[JobState.COMPLETED] == 0
-            refuse.execute("DROP TRIGGER refuse_claims")
-            refuse.commit()
-            refuse.close()
-            second = channel.basic_get("undo")
-            assert second is not None and second.payload == 1
-            assert channel.qos.pending_writes() == 0
-            assert JobStore(str(path)).counts()[JobState.COMPLETED] == 1
-            second.ack()
-        finally:
-            transport.unregister_from_event_loop(conn.connection, hub)
-    hub.close()
-    assert JobStore(str(path)).counts()[JobState.COMPLETED] == 2
+    with _one_ack_waiting(path, "undo") as channel:
+        refuse = sqlite3.connect(path)
+        refuse.execute("CREATE TRIGGER refuse_claims BEFORE UPDATE OF state ON jobs "
+                       "WHEN NEW.state = 'processing' BEGIN SELECT RAISE(ABORT, 'claims refused'); END")
+        refuse.commit()
+        with pytest.raises(Exception, match="claims refused"):
+            channel.basic_get("undo")
+        assert channel.qos.pending_writes() == 1  # the ack, back in line
+        assert JobStore(str(path)).counts()[JobState.COMPLETED] == 0
+        refuse.execute("DROP TRIGGER refuse_claims")
+        refuse.commit()
+        refuse.close()
+        second = channel.basic_get("undo")
+        assert second is not None and second.payload == 1
+        assert channel.qos.pending_writes() == 0
+        assert JobStore(str(path)).counts()[JobState.COMPLETED] == 1
+        second.ack()

@@ -5,12 +5,14 @@ the housekeeper they wake."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -179,8 +181,6 @@ def test_a_write_to_a_second_file_inside_a_turn_takes_no_second_turn(store: JobS
 
 
 def test_a_process_with_a_background_checkpointer_only_wakes_it(store: JobStore) -> None:
-    import threading
-
     wanted = threading.Event()
     done = store.db.checkpoint_in_background(wanted)
     payload = '{"x": "' + "y" * 4000 + '"}'
@@ -231,18 +231,16 @@ def test_a_worker_s_housekeeper_checkpoints_when_a_write_wakes_it(db_path: str, 
         queue.close()
 
 
-def test_a_checkpoint_in_one_thread_does_not_hold_up_the_writes_of_another(store: JobStore) -> None:
-    """A worker's housekeeper checkpoints (a copy and two fsyncs) while its event loop claims and
-    acks: the claim is not made to wait for the checkpoint to end. The checkpointing thread is held
-    inside its PRAGMA by a progress handler until the other thread's publish has committed."""
-    import threading
-
+@contextlib.contextmanager
+def _inside_a_checkpoint(store: JobStore) -> Iterator[list[tuple[int, int, int]]]:
+    """A thread of this process inside a checkpoint of the file (its PRAGMA held by a progress
+    handler) until the block ends; yields the list its checkpoint's result goes to."""
     for _ in range(20):  # frames for the checkpoint to copy
         store.publish(NewJob(queue="before", payload="{}"))
     inside, release = threading.Event(), threading.Event()
     checkpointed: list[tuple[int, int, int]] = []
 
-    def hold(_: object = None) -> int:
+    def hold() -> int:
         inside.set()
         release.wait(30)
         return 0  # go on
@@ -255,19 +253,27 @@ def test_a_checkpoint_in_one_thread_does_not_hold_up_the_writes_of_another(store
         finally:
             conn.set_progress_handler(None, 1)
 
-    published: list[int] = []
-    ckpt = threading.Thread(target=checkpointer)
-    writer = threading.Thread(target=lambda: published.append(store.publish(NewJob(queue="during", payload="{}"))))
+    ckpt = threading.Thread(target=checkpointer, daemon=True)
     ckpt.start()
     try:
         assert inside.wait(10), "the checkpoint's progress handler never ran"
-        writer.start()
-        wait_for(lambda: published, 10, what="a publish while another thread of the process checkpoints")
+        yield checkpointed
     finally:
         release.set()
         ckpt.join(30)
-        if writer.ident is not None:
-            writer.join(30)
+
+
+def test_a_checkpoint_in_one_thread_does_not_hold_up_the_writes_of_another(store: JobStore) -> None:
+    """A worker's housekeeper checkpoints (a copy and two fsyncs) while its event loop claims and
+    acks: the claim is not made to wait for the checkpoint to end. The checkpointing thread is held
+    inside its PRAGMA until the other thread's publish has committed."""
+    published: list[int] = []
+    writer = threading.Thread(target=lambda: published.append(store.publish(NewJob(queue="during", payload="{}"))),
+                              daemon=True)
+    with _inside_a_checkpoint(store) as checkpointed:
+        writer.start()
+        wait_for(lambda: published, 10, what="a publish while another thread of the process checkpoints")
+    writer.join(30)
     assert checkpointed and checkpointed[0][0] == 0, checkpointed  # the checkpoint was not busy
     assert store.get_job(published[0]).queue == "during"
 
@@ -275,27 +281,7 @@ def test_a_checkpoint_in_one_thread_does_not_hold_up_the_writes_of_another(store
 def test_fork_waits_for_a_checkpoint_in_another_thread(store: JobStore) -> None:
     """A child forked while another thread is inside a checkpoint would inherit SQLite's mutexes
     locked: fork() waits for the checkpoint to end (db._before_fork takes the checkpoint's lock)."""
-    import sys
-    import threading
-
     from queuectl_kombu import db
-
-    for _ in range(5):
-        store.publish(NewJob(queue="before", payload="{}"))
-    inside, release = threading.Event(), threading.Event()
-
-    def hold(_: object = None) -> int:
-        inside.set()
-        release.wait(30)
-        return 0
-
-    def checkpointer() -> None:
-        conn = store.db.connection()
-        conn.set_progress_handler(hold, 1)
-        try:
-            store.db.checkpoint()
-        finally:
-            conn.set_progress_handler(None, 1)
 
     children: list[int] = []
 
@@ -305,11 +291,8 @@ def test_fork_waits_for_a_checkpoint_in_another_thread(store: JobStore) -> None:
             os._exit(0)
         children.append(pid)
 
-    ckpt = threading.Thread(target=checkpointer)
-    ckpt.start()
-    fork_thread = threading.Thread(target=forker)
-    try:
-        assert inside.wait(10), "the checkpoint's progress handler never ran"
+    fork_thread = threading.Thread(target=forker, daemon=True)
+    with _inside_a_checkpoint(store):
         fork_thread.start()
 
         def waiting_in_before_fork() -> bool:
@@ -319,11 +302,7 @@ def test_fork_waits_for_a_checkpoint_in_another_thread(store: JobStore) -> None:
         wait_for(waiting_in_before_fork, 10, what="fork() waiting in db._before_fork for the checkpoint",
                  interval=0.01)
         assert not children, "fork() went on while another thread was inside a checkpoint"
-    finally:
-        release.set()
-        ckpt.join(30)
-        if fork_thread.ident is not None:
-            fork_thread.join(30)
+    fork_thread.join(30)
     assert len(children) == 1
     _, status = os.waitpid(children[0], 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
