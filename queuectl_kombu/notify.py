@@ -16,13 +16,20 @@ logger = logging.getLogger(__name__)
 IN_MODIFY = 0x00000002
 IN_ATTRIB = 0x00000004
 IN_CLOSE_WRITE = 0x00000008
+IN_CLOSE_NOWRITE = 0x00000010
 IN_DELETE_SELF = 0x00000400
 IN_MOVE_SELF = 0x00000800
 IN_IGNORED = 0x00008000
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
 _EVENT = struct.Struct("iIII")
-_MASK = IN_MODIFY | IN_CLOSE_WRITE | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF
+#: IN_MODIFY: the -wal file is written, by any writer, the application's connection inside
+#: enqueue_in included. But SQLite writes a commit's frames first and makes the commit visible
+#: after them (the WAL index header, in shared memory: no event), so a watcher that woke and
+#: looked in between finds nothing and would sleep until the next commit or its timer (1 s).
+#: IN_CLOSE_NOWRITE: a queuectl writer's turn ends after its COMMIT with the close of its
+#: read-only descriptor of the -wal file (turns.py), an event once the commit is visible.
+_MASK = IN_MODIFY | IN_CLOSE_NOWRITE | IN_CLOSE_WRITE | IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF
 
 
 def _libc() -> ctypes.CDLL | None:

@@ -22,7 +22,8 @@ WAL_LIMIT_BYTES = 8 * 1024 * 1024
 #: Longest anything that waits for the file to change sleeps before it looks again anyway.
 MAX_WAIT = 1.0
 #: After a wake-up that shows no commit yet, look again this soon: the -wal file is written a
-#: moment before the commit becomes visible to other connections.
+#: moment before the commit becomes visible to other connections. (A queuectl writer wakes its
+#: watchers again once it is, as its turn ends; a writer that takes no turn does not.)
 SETTLE = 0.002
 #: Whom a committed change wakes (Database.write(wakes=...)): every waiter, workers included (a
 #: publish, a requeue, a retry, a result: work or a result may be there); the watchers only

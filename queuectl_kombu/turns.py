@@ -12,6 +12,11 @@ file and -shm get dozens per commit), so a descriptor of it can be opened and cl
 Closing any descriptor of the database file would drop every POSIX lock this process holds on
 it, SQLite's included, and -shm holds SQLite's locks too. The -wal file goes with the last
 connection to the file and comes back with the next: it is opened for each turn.
+
+The close that ends a turn comes after the COMMIT, once the commit is visible to other
+connections: it is also what wakes the file's watchers (notify.py) for certain. The -wal file's
+writes wake them too, but they come before the commit is visible, and a watcher quick enough to
+look between the two would find nothing and sleep on.
 """
 
 from __future__ import annotations
@@ -39,18 +44,18 @@ class WriterTurns:
         """Hold the turn meanwhile; yields whether one was had (False: no -wal file yet, or no
         flock here). The threads of one process take turns among themselves first
         (db._write_lock): two threads' flocks on two descriptors would exclude each other too."""
-        if getattr(_held, "turn", False):
-            # a write to a second file inside a write to the first: waiting for a second turn
-            # while holding one could deadlock with a process doing the opposite (flock has no
-            # timeout, SQLite's busy handler has)
-            yield False
-            return
         try:
             fd = os.open(self.wal_path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             yield False
             return
         try:
+            if getattr(_held, "turn", False):
+                # a write to a second file inside a write to the first: waiting for a second turn
+                # while holding one could deadlock with a process doing the opposite (flock has no
+                # timeout, SQLite's busy handler has); the descriptor's close still wakes watchers
+                yield False
+                return
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
             except OSError:
@@ -62,4 +67,4 @@ class WriterTurns:
             finally:
                 _held.turn = False
         finally:
-            os.close(fd)  # which ends the turn
+            os.close(fd)  # which ends the turn, and wakes the file's watchers (IN_CLOSE_NOWRITE)
