@@ -398,6 +398,24 @@ def roundtrip(run: Run, warmup: int = 20, warmup_budget: float = 10.0, budget: f
     return {"p50_ms": q[49], "p95_ms": q[94], "p99_ms": q[98], "max_ms": times[-1], "samples": len(times)}
 
 
+#: CPU-bound processes beside the round trip of `roundtrip-busy`: as many as the machine has cores.
+BUSY = "while True: pass"
+
+
+def roundtrip_busy(run: Run) -> dict[str, Any]:
+    """`roundtrip` while CPU-bound processes (one per core) share the machine, as a web server's
+    other requests do: every process of the trip waits for a CPU at times, and a broker whose
+    wake-ups can be missed in such a moment shows it here (a trip of a whole timer)."""
+    busy = [subprocess.Popen([sys.executable, "-c", BUSY], stdin=subprocess.DEVNULL)
+            for _ in range(os.cpu_count() or 2)]
+    try:
+        return roundtrip(run)
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
+
+
 def db_bytes(path: str) -> int:
     """The database file plus its WAL."""
     return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
@@ -576,6 +594,11 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in (
     Workload("roundtrip", roundtrip, (Metric("p50_ms", "roundtrip p50, ms", False, 1, unit="ms"),
                                       Metric("p95_ms", "roundtrip p95, ms", False, 1, unit="ms"),
                                       Metric("p99_ms", "roundtrip p99, ms", False, 1, unit="ms")), 200),
+    Workload("roundtrip-busy", roundtrip_busy,
+             (Metric("p50_ms", "roundtrip beside a busy process per core, p50, ms", False, 1, unit="ms"),
+              Metric("p99_ms", "roundtrip beside a busy process per core, p99, ms", False, 1, unit="ms"),
+              Metric("max_ms", "roundtrip beside a busy process per core, slowest trip, ms", False, 1, unit="ms")),
+             500),
     Workload("idle", idle, (Metric("cpu_pct", "idle CPU, % of a core", False, 2, unit="% of a core"),
                             Metric("rss_mb", "idle peak RSS total, MiB", False, unit="MiB"),
                             Metric("pss_mb", "idle peak PSS total, MiB", False, unit="MiB")), 0),
