@@ -398,15 +398,16 @@ def roundtrip(run: Run, warmup: int = 20, warmup_budget: float = 10.0, budget: f
     return {"p50_ms": q[49], "p95_ms": q[94], "p99_ms": q[98], "max_ms": times[-1], "samples": len(times)}
 
 
-#: CPU-bound processes beside the round trip of `roundtrip-busy`: as many as the machine has cores.
-BUSY = "while True: pass"
+#: A CPU-bound process beside the round trip of `roundtrip-busy` (one per core). It ends on its
+#: own once its parent is gone, should the bench be killed before it can end it.
+BUSY = "import os, sys\nwhile os.getppid() == int(sys.argv[1]):\n    for _ in range(100_000): pass\n"
 
 
 def roundtrip_busy(run: Run) -> dict[str, Any]:
     """`roundtrip` while CPU-bound processes (one per core) share the machine, as a web server's
     other requests do: every process of the trip waits for a CPU at times, and a broker whose
     wake-ups can be missed in such a moment shows it here (a trip of a whole timer)."""
-    busy = [subprocess.Popen([sys.executable, "-c", BUSY], stdin=subprocess.DEVNULL)
+    busy = [subprocess.Popen([sys.executable, "-c", BUSY, str(os.getpid())], stdin=subprocess.DEVNULL)
             for _ in range(os.cpu_count() or 2)]
     try:
         return roundtrip(run)
