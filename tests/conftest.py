@@ -4,18 +4,27 @@ fixture's teardown can tell whether the test failed and print its diagnostics.""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from .support.clock import Clock
+from .support.guard import Backstop, Reaper, exit_backstop
 from .support.postgres import fresh_database
 
 #: pytester: tests/plugin runs docs/testing.md's example project in a pytest of its own;
 #: celery.contrib.pytest: Celery's testing fixtures (celery_app, celery_worker), which tests/plugin
 #: points at queuectl through queuectl_config, as docs/testing.md tells a project to.
 pytest_plugins = ["pytester", "celery.contrib.pytest"]
+
+#: How long past pytest-timeout's alarm (pyproject: timeout) a test may still run before its process
+#: prints every stack and exits (tests/support/guard.py): the alarm fires once, and cannot end a
+#: teardown stuck after it.
+BACKSTOP_AFTER = 120.0
+#: How long a process may take to exit once its session is over.
+EXIT_BACKSTOP = 120.0
 
 #: The engines a queuectl database runs on: the parametrized fixtures below run a test on each.
 ENGINES = ("sqlite", "postgresql")
@@ -60,3 +69,33 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     rep = yield
     setattr(item, f"rep_{rep.when}", rep)
     return rep
+
+
+_reaper: Reaper | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _reaper
+    if not hasattr(config, "workerinput"):  # the main pytest process, not an xdist worker
+        _reaper = Reaper()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    seconds = float(item.config.getini("timeout") or 300) + BACKSTOP_AFTER
+    with Backstop(item.config, seconds, f"{item.nodeid} still running after {seconds:g}s"):
+        return (yield)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_exit_status] = int(exitstatus)
+
+
+_exit_status = pytest.StashKey[int]()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _reaper is not None:
+        for line in _reaper.reap():
+            sys.stderr.write(f"a process the tests started outlived them, SIGKILLed: {line}\n")
+    exit_backstop(config, EXIT_BACKSTOP, config.stash.get(_exit_status, 1))
