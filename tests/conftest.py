@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from .support.clock import Clock
-from .support.guard import Backstop, Reaper, exit_backstop
+from .support.guard import Reaper, exit_backstop
 from .support.postgres import fresh_database
 
 #: pytester: tests/plugin runs docs/testing.md's example project in a pytest of its own;
@@ -19,11 +19,8 @@ from .support.postgres import fresh_database
 #: points at queuectl through queuectl_config, as docs/testing.md tells a project to.
 pytest_plugins = ["pytester", "celery.contrib.pytest"]
 
-#: How long past pytest-timeout's alarm (pyproject: timeout) a test may still run before its process
-#: prints every stack and exits (tests/support/guard.py): the alarm fires once, and cannot end a
-#: teardown stuck after it.
-BACKSTOP_AFTER = 120.0
-#: How long a process may take to exit once its session is over.
+#: How long a process may take to exit once its session is over (tests/support/guard.py; a test's
+#: own backstop is pyproject's faulthandler_timeout).
 EXIT_BACKSTOP = 120.0
 
 #: The engines a queuectl database runs on: the parametrized fixtures below run a test on each.
@@ -80,22 +77,8 @@ def pytest_configure(config: pytest.Config) -> None:
         _reaper = Reaper()
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> object:
-    seconds = float(item.config.getini("timeout") or 300) + BACKSTOP_AFTER
-    with Backstop(item.config, seconds, f"{item.nodeid} still running after {seconds:g}s"):
-        return (yield)
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    session.config.stash[_exit_status] = int(exitstatus)
-
-
-_exit_status = pytest.StashKey[int]()
-
-
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _reaper is not None:
         for line in _reaper.reap():
             sys.stderr.write(f"a process the tests started outlived them, SIGKILLed: {line}\n")
-    exit_backstop(config, EXIT_BACKSTOP, config.stash.get(_exit_status, 1))
+    exit_backstop(EXIT_BACKSTOP)

@@ -3,16 +3,18 @@ suite that never ends is worse than one that fails.
 
 pytest-timeout's alarm (pyproject: ``timeout``) fails a test that runs too long, once, by raising
 in the main thread. It cannot end a hang it does not reach: a teardown stuck after the alarm, a
-wait inside code that swallows BaseException, an interpreter exit that joins a thread or a child
-for ever. And a process a test started that outlives the run (a worker whose stop failed) keeps
-the output pipe of the run open, so the run does not end for whoever reads it.
+wait inside code that swallows BaseException, or a thread stuck in C with the GIL held, where no
+Python code of any thread runs again (CPython 3.11's sys._current_frames() did that to a test
+here: the frame it allocated started a collection that freed a threading.local, which waited for
+the lock the call held; CI then ran out its 90 minutes). And a process a test started that
+outlives the run (a worker whose stop failed) keeps the output pipe of the run open.
 
-Three backstops, none of which a passing run ever reaches:
+So the backstops need no GIL, and a passing run never reaches them:
 
-* ``Backstop``: a timer per test, armed for longer than the alarm. When it fires, the test's
-  process prints every thread's stack on the real stderr and exits at once (an xdist worker's
-  exit fails that test and the run goes on with a new worker).
-* ``exit_backstop``: the same once the session is over, for an exit that does not finish.
+* per test, pyproject's ``faulthandler_timeout`` with ``faulthandler_exit_on_timeout``: past it,
+  faulthandler's own C thread prints every thread's stack on the real stderr and ends the process
+  (an xdist worker's end fails that test; the run goes on with a new worker);
+* ``exit_backstop``: the same once the session is over, for an exit that does not finish;
 * ``Reaper``: the main pytest process becomes the subreaper of everything the tests start, so a
   process orphaned by its test is re-parented to it, not to init; at the end, whatever is left
   is named on stderr and SIGKILLed, by its pid (with its process group when it leads one).
@@ -25,53 +27,15 @@ import ctypes
 import faulthandler
 import os
 import signal
-import sys
-import threading
-from typing import Any
 
 #: prctl(2): PR_SET_CHILD_SUBREAPER
 _PR_SET_CHILD_SUBREAPER = 36
 
 
-def _real_stderr(config: Any) -> Any:
-    """sys.stderr with pytest's capture suspended (the terminal, or an xdist worker's stderr)."""
-    capman = config.pluginmanager.getplugin("capturemanager")
-    if capman is not None:
-        with contextlib.suppress(Exception):
-            capman.suspend_global_capture(in_=True)
-    return sys.stderr
-
-
-def _abandon(config: Any, why: str, status: int) -> None:
-    err = _real_stderr(config)
-    with contextlib.suppress(Exception):
-        err.write(f"\n+++ {why}: every thread's stack, then exit {status} +++\n")
-        err.flush()
-        faulthandler.dump_traceback(file=err, all_threads=True)
-        err.flush()
-    os._exit(status)
-
-
-class Backstop:
-    """A daemon timer that ends this process after `seconds` unless cancelled."""
-
-    def __init__(self, config: Any, seconds: float, why: str, status: int = 70) -> None:
-        self._timer = threading.Timer(seconds, _abandon, args=(config, why, status))
-        self._timer.daemon = True
-        self._timer.name = "test-backstop"
-
-    def __enter__(self) -> Backstop:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-
-
-def exit_backstop(config: Any, seconds: float, status: int) -> None:
-    """Ends this process with `status` if it has not exited `seconds` from now (a daemon timer:
-    it runs while the interpreter waits for non-daemon threads and atexit handlers)."""
-    Backstop(config, seconds, f"pytest did not exit within {seconds:g}s of the session's end", status).__enter__()
+def exit_backstop(seconds: float) -> None:
+    """Ends this process (exit 1), every thread's stack printed on stderr, if it has not exited
+    `seconds` from now: faulthandler's watchdog, a C thread that needs no GIL."""
+    faulthandler.dump_traceback_later(seconds, exit=True, file=os.dup(2))
 
 
 class Reaper:

@@ -15,8 +15,7 @@ from tests.support.waiting import wait_for
 CONFTEST = f"""
 import sys
 sys.path.insert(0, {str(REPO)!r})
-import pytest
-from tests.support.guard import Backstop, Reaper, exit_backstop
+from tests.support.guard import Reaper, exit_backstop
 
 reaper = None
 
@@ -24,43 +23,41 @@ def pytest_configure(config):
     global reaper
     reaper = Reaper()
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item, nextitem):
-    with Backstop(item.config, 4.0, item.nodeid + " still running after 4s"):
-        return (yield)
-
 def pytest_unconfigure(config):
     for line in reaper.reap():
         sys.stderr.write("reaped: " + line + "\\n")
-    exit_backstop(config, 5.0, 0)
+    exit_backstop(5.0)
 """
 
 
-def test_a_teardown_stuck_after_the_alarm_ends_its_process_with_the_stacks(pytester: pytest.Pytester) -> None:
+def test_the_suite_s_own_settings_end_a_stuck_test(pytestconfig: pytest.Config) -> None:
+    assert float(pytestconfig.getini("faulthandler_timeout")) > float(pytestconfig.getini("timeout")) > 0
+    assert pytestconfig.getini("faulthandler_exit_on_timeout") is True
+
+
+def test_a_thread_stuck_in_c_with_the_gil_ends_its_process_with_the_stacks(pytester: pytest.Pytester) -> None:
+    """What pytest-timeout's alarm cannot end (its handler needs the GIL): the process ends at
+    faulthandler_timeout all the same, the stuck test's frame in the stacks it prints."""
     pytester.makeconftest(CONFTEST)
-    pytester.makeini("[pytest]\ntimeout = 1\n")
+    pytester.makeini("[pytest]\ntimeout = 1\nfaulthandler_timeout = 3\nfaulthandler_exit_on_timeout = true\n")
     pytester.makepyfile(test_stuck="""
-import time, pytest
+import ctypes
 
-@pytest.fixture
-def stuck():
-    yield
-    while True:  # swallows the alarm's exception, as some libraries' retry loops do
-        try:
-            time.sleep(60)
-        except BaseException:
-            pass
-
-def test_slow(stuck):
-    time.sleep(3)
+def test_deadlocks_holding_the_gil():
+    # a PyDLL call keeps the GIL; a default mutex locked twice by its owner waits for good, and
+    # no signal ends the wait: no Python code of any thread runs again, as in the CPython bug
+    libc = ctypes.PyDLL(None)
+    mutex = ctypes.create_string_buffer(64)
+    libc.pthread_mutex_lock(mutex)
+    libc.pthread_mutex_lock(mutex)
 """)
     started = time.monotonic()
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=60)
-    assert time.monotonic() - started < 30
-    assert result.ret == 70
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=100)
+    assert time.monotonic() - started < 60
+    assert result.ret == 1
     err = result.stderr.str()
-    assert "test_stuck.py::test_slow still running after 4s" in err
-    assert "in stuck" in err  # the stuck frame, in the stacks
+    assert "Timeout (0:00:03)!" in err
+    assert "in test_deadlocks_holding_the_gil" in err
 
 
 def test_a_process_a_test_left_running_is_killed_when_the_run_ends(pytester: pytest.Pytester) -> None:
