@@ -30,9 +30,11 @@ def pytest_unconfigure(config):
 """
 
 
-def test_the_suite_s_own_settings_end_a_stuck_test(pytestconfig: pytest.Config) -> None:
+def test_the_suite_s_own_settings_end_a_stuck_test_and_then_the_run(pytestconfig: pytest.Config) -> None:
     assert float(pytestconfig.getini("faulthandler_timeout")) > float(pytestconfig.getini("timeout")) > 0
     assert pytestconfig.getini("faulthandler_exit_on_timeout") is True
+    # a worker ended so is not replaced: with --dist loadfile the run would wait for good
+    assert "--max-worker-restart 0" in " ".join(pytestconfig.getini("addopts"))
 
 
 def test_a_thread_stuck_in_c_with_the_gil_ends_its_process_with_the_stacks(pytester: pytest.Pytester) -> None:
