@@ -15,21 +15,18 @@ So the backstops need no GIL, and a passing run never reaches them:
   faulthandler's own C thread prints every thread's stack on the real stderr and ends the process
   (an xdist worker's end fails that test; the run goes on with a new worker);
 * ``exit_backstop``: the same once the session is over, for an exit that does not finish;
-* ``Reaper``: the main pytest process becomes the subreaper of everything the tests start, so a
-  process orphaned by its test is re-parented to it, not to init; at the end, whatever is left
-  is named on stderr and SIGKILLed, by its pid (with its process group when it leads one).
+* ``Reaper``: everything the tests start carries a token of the run in its environment; at the
+  end, whatever still runs with it is named on stderr and SIGKILLed, by its pid (with its process
+  group when it leads one).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import faulthandler
 import os
 import signal
-
-#: prctl(2): PR_SET_CHILD_SUBREAPER
-_PR_SET_CHILD_SUBREAPER = 36
+import time
 
 
 def exit_backstop(seconds: float) -> None:
@@ -39,27 +36,35 @@ def exit_backstop(seconds: float) -> None:
 
 
 class Reaper:
-    """The subreaper of this process's descendants (Linux); see the module's docstring."""
+    """Marks this process's environment with a token of its own, which every process the tests
+    start inherits (xdist workers, celery workers and their pools, commands), and at the end
+    finds whatever still runs with it. No subreaper: a process made one would be handed every
+    orphan of the run (a SIGKILLed worker's pool processes) and keep them as zombies that the
+    tests wait to see gone."""
+
+    VARIABLE = "QUEUECTL_TEST_RUN"
 
     def __init__(self) -> None:
-        self.active = False
-        with contextlib.suppress(Exception):
-            libc = ctypes.CDLL(None, use_errno=True)
-            self.active = libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+        self.token = f"{os.getpid()}-{time.time_ns()}"
+        os.environ[self.VARIABLE] = self.token
 
-    @staticmethod
-    def _children() -> list[tuple[int, int, str]]:
-        """(pid, pgid, command line) of this process's live children."""
+    def leftovers(self) -> list[tuple[int, int, str]]:
+        """(pid, pgid, command line) of the live processes that carry this run's token, this
+        one aside."""
+        mark = b"\0" + f"{self.VARIABLE}={self.token}".encode() + b"\0"
         me = os.getpid()
         found = []
         for entry in os.listdir("/proc"):
-            if not entry.isdigit():
+            if not entry.isdigit() or int(entry) == me:
                 continue
             try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if mark not in b"\0" + f.read() + b"\0":
+                        continue
                 with open(f"/proc/{entry}/stat") as f:
                     stat = f.read()
                 fields = stat[stat.rindex(")") + 2:].split()
-                if fields[0] == "Z" or int(fields[1]) != me:
+                if fields[0] == "Z":
                     continue
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
                     cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
@@ -69,19 +74,14 @@ class Reaper:
         return found
 
     def reap(self) -> list[str]:
-        """SIGKILL every live child left (and the group it leads); reap the dead. Returns what
-        was killed, one line each."""
-        if not self.active:
-            return []
+        """SIGKILL every process left that carries the token (by its pid, and the group it leads);
+        returns what was killed, one line each."""
         killed = []
-        for pid, pgid, cmd in self._children():
+        for pid, pgid, cmd in self.leftovers():
             killed.append(f"pid {pid}: {cmd[:200]}")
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 if pgid == pid:
                     os.killpg(pgid, signal.SIGKILL)
                 else:
                     os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            while os.waitpid(-1, os.WNOHANG)[0] > 0:
-                pass
         return killed
