@@ -17,15 +17,9 @@ from .notify import ChangeWaiter
 from .postgres import Listener
 from .rules import MAX_WAIT
 
-#: While a worker is busy, claims are at most this far apart (each takes many rows). An idle
-#: worker claims at once.
+#: While a worker is busy, claims and ack writes are at most this far apart (each takes many rows),
+#: unless ACK_BATCH acks are waiting. An idle worker claims at once.
 COALESCE = 0.005
-#: While a worker is busy, its ack writes are at most this far apart unless ACK_BATCH acks are
-#: waiting; a claim writes the acks waiting in its own transaction meanwhile. Each write takes the
-#: file's turn from the publishers: 5 ms apart, as claims, the acks of a busy worker cost up to 200
-#: turns a second. 25 ms made drain 1.3x faster and the mixed rates 1.1-1.3x (docs/benchmarks.md).
-#: An idle worker writes its acks at once (its last write is long past).
-ACK_COALESCE = 0.025
 ACK_BATCH = 64
 #: How often a worker tries again to write acks and rejects that failed (disk full).
 RETRY_FAILED = 1.0
@@ -122,7 +116,7 @@ class LoopLink:
     def flush_acks(self) -> None:
         """Write the acks every channel gathered on the event loop (runs before each wait).
 
-        At most one write every ACK_COALESCE seconds unless ACK_BATCH acks are waiting: under load
+        At most one write every COALESCE seconds unless ACK_BATCH acks are waiting: under load
         each transaction then completes many rows (a timer writes the rest)."""
         channels = self.channels()
         pending = sum(ch.qos.pending_writes() for ch in channels)
@@ -130,7 +124,7 @@ class LoopLink:
             return
         failing = any(ch.qos.failing_since is not None for ch in channels)
         # writes that fail (disk full) are tried again once a second, not at every turn
-        wait = (RETRY_FAILED if failing else ACK_COALESCE) - (time.monotonic() - self._last_flush)
+        wait = (RETRY_FAILED if failing else COALESCE) - (time.monotonic() - self._last_flush)
         if (failing or pending < ACK_BATCH) and wait > 0 and self.loop is not None:
             self.call_again(wait, on_tick=True)
             return
