@@ -13,7 +13,8 @@ So the backstops need no GIL, and a passing run never reaches them:
 
 * per test, pyproject's ``faulthandler_timeout`` with ``faulthandler_exit_on_timeout``: past it,
   faulthandler's own C thread prints every thread's stack on the real stderr and ends the process
-  (an xdist worker's end fails that test; the run goes on with a new worker);
+  (an xdist worker's end fails that test and, with pyproject's ``--max-worker-restart 0``, the
+  run: a replaced worker left a ``--dist loadfile`` run waiting for good);
 * ``exit_backstop``: the same once the session is over, for an exit that does not finish;
 * ``Reaper``: everything the tests start carries a token of the run in its environment; at the
   end, whatever still runs with it is named on stderr and SIGKILLed, by its pid (with its process
