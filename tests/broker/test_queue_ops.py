@@ -340,9 +340,13 @@ def test_auto_delete_queue_stays_while_another_process_consumes_it(env: Env) -> 
         queue = Queue("shared-ad", Exchange("shared-ad", "direct"), "k", auto_delete=True)
         with Consumer(conn, [queue], callbacks=[]):
             pass  # this process consumes and cancels; the other one still consumes
-        Producer(conn).publish("for-the-other", exchange="shared-ad", routing_key="k")
         assert not missing(conn, "shared-ad")
+        # looked at before the publish: once the other consumer has its message it stops consuming,
+        # and the queue goes with its last consumer (a check after the publish raced that)
+        Producer(conn).publish("for-the-other", exchange="shared-ad", routing_key="k")
     wait_for(lambda: "got ['for-the-other']" in other.output(), 30, what="the other consumer to get it")
+    with Connection(env.url) as conn:
+        assert missing(conn, "shared-ad")  # the other consumer, the last one, cancelled before it printed
 
 
 def test_auto_delete_queue_of_a_killed_consumer_goes_away(env: Env) -> None:
