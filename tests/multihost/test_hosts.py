@@ -24,6 +24,7 @@ from celery import Celery
 from kombu.utils.json import dumps
 
 from queuectl_kombu import JobStore, message_rows, stored_message
+from queuectl_kombu.loop import ACK_BATCH
 from tests.support.waiting import wait_for
 
 from .conftest import CONCURRENCY, Cluster
@@ -244,7 +245,12 @@ def test_cut_host_leases_are_redelivered(cluster: Cluster) -> None:
     expired_note = re.compile(rf"lease of [^:]+:{cut_worker.pid}:\w+ expired")
     recovered = {row[1] for row in rows if row[6] and expired_note.fullmatch(row[6])}
     assert recovered, f"no job was recovered from {victim.name} (leased at the cut: {len(leased_at_cut)})"
-    assert len(recovered) <= PREFETCH, f"{victim.name} held {len(recovered)} jobs, more than its prefetch window"
+    # At the cut a worker's leases are its prefetch window (tasks not acked yet) plus the acks it
+    # made but had not written yet (they wait up to 5 ms, at most ACK_BATCH of them; each one
+    # freed a slot of the window, which a claim may have filled again): PREFETCH alone failed with
+    # 17 here, one ack waiting.
+    assert len(recovered) <= PREFETCH + ACK_BATCH, \
+        f"{victim.name} held {len(recovered)} jobs, more than its prefetch window and unwritten acks"
     redelivered = {row[1] for row in rows if row[4] > 1}
     assert redelivered == recovered, (
         f"delivered again without having been recovered from the cut host: {sorted(redelivered - recovered)[:10]}; "
