@@ -29,6 +29,8 @@ import os
 import signal
 import time
 
+from .processes import stat_fields
+
 
 def exit_backstop(seconds: float) -> None:
     """Ends this process (exit 1), every thread's stack printed on stderr, if it has not exited
@@ -62,16 +64,13 @@ class Reaper:
                 with open(f"/proc/{entry}/environ", "rb") as f:
                     if mark not in b"\0" + f.read() + b"\0":
                         continue
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-                fields = stat[stat.rindex(")") + 2:].split()
-                if fields[0] == "Z":
-                    continue
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
                     cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-            except (OSError, ValueError):
+            except OSError:
                 continue
-            found.append((int(entry), int(fields[2]), cmd))
+            fields = stat_fields(int(entry))
+            if fields is not None and fields[0] != "Z":
+                found.append((int(entry), int(fields[2]), cmd))
         return found
 
     def reap(self) -> list[str]:

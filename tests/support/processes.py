@@ -25,7 +25,7 @@ from .waiting import WaitTimeout, wait_for
 # -- looking at processes ------------------------------------------------------------------------
 
 
-def _stat_fields(pid: int) -> list[str] | None:
+def stat_fields(pid: int) -> list[str] | None:
     """The fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, ...), or None."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -37,7 +37,7 @@ def _stat_fields(pid: int) -> list[str] | None:
 
 def pid_alive(pid: int) -> bool:
     """True if `pid` runs (a zombie counts as gone)."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return fields is not None and fields[0] != "Z"
 
 
@@ -46,7 +46,7 @@ def group_members(pgid: int) -> list[int]:
     members = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            fields = _stat_fields(int(entry))
+            fields = stat_fields(int(entry))
             if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
                 members.append(int(entry))
     return members
