@@ -71,6 +71,7 @@ def backup(source: str, dest: str, *, force: bool = False) -> BackupSummary:
     store = JobStore(source)
     try:
         store.open()  # a file that is not a queuectl database fails here, before anything is written
+        store.take_in_spool()  # every publish made until now is in the copy
         temporary = _temporary_beside(dest)
         try:
             store.db.backup_to(temporary)  # type: ignore[union-attr]  (SQLite: is_postgres_url above)
@@ -120,11 +121,12 @@ def _temporary_beside(dest: str) -> str:
 
 def _make_restorable(path: str, source: str, dest: str) -> BackupSummary:
     """In the copy at `path` only: every running job recovered as after a crash, every consumer
-    forgotten; the WAL folded into the file, which stays in WAL mode."""
+    forgotten, a spool number of its own; the WAL folded into the file, which stays in WAL mode."""
     copy = JobStore(path)
     try:
         recovered = copy.recover_every_lease()
         consumers = copy.forget_consumers()
+        copy.renumber_spool()  # restored at the source's path, it never takes in the source's spool
         counts = copy.counts()
         busy, _, _ = copy.db.checkpoint(truncate=True)
         if busy:

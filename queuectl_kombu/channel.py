@@ -18,7 +18,7 @@ from kombu.utils.json import loads
 from .exceptions import DatabaseMoved
 from .jobs import ClaimedJob
 from .loop import COALESCE
-from .publishing import publish
+from .publishing import publish_message
 from .qos import QoS
 from .revokes import forget_revoke_before_revival
 from .routing import Routing
@@ -67,17 +67,16 @@ class Channel(Routing, virtual.Channel):
         return ""
 
     def basic_publish(self, message: dict[str, Any], exchange: str, routing_key: str, **kwargs: Any) -> None:
-        """Route through the bindings in the file; every copy is inserted in one transaction."""
+        """Route through the bindings in the file; every copy goes in one line of the spool (or one
+        transaction: publishing.publish_message)."""
         self._inplace_augment_message(message, exchange, routing_key)
-        queues = self._lookup(exchange, routing_key)
-        if queues:
-            publish(self.store, message, queues)
+        publish_message(self.store, message, self._lookup(exchange, routing_key))
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
-        publish(self.store, message, [queue])
+        publish_message(self.store, message, [queue])
 
     def _put_fanout(self, exchange: str, message: dict[str, Any], routing_key: str, **kwargs: Any) -> None:
-        publish(self.store, message, self._lookup(exchange, routing_key))
+        publish_message(self.store, message, self._lookup(exchange, routing_key))
 
     # -- queues -------------------------------------------------------------------------------
 

@@ -58,6 +58,8 @@ class ChangeWaiter:
         self.poll_interval = poll_interval
         self._fd = -1
         self._wd = -1
+        #: a spool directory (spool.py) watched too: its files' appends are publishes
+        self.spool_dir: str | None = None
         self._pid = os.getpid()
         self._libc = _libc()
         if self._libc is not None:
@@ -84,6 +86,17 @@ class ChangeWaiter:
             return
         wd = self._libc.inotify_add_watch(self._fd, os.fsencode(self.wal_path), _MASK)
         self._wd = wd if wd >= 0 else -1
+        if self.spool_dir is not None:
+            self._libc.inotify_add_watch(self._fd, os.fsencode(self.spool_dir), IN_MODIFY)
+
+    def watch_publishes(self, spool_dir: str) -> None:
+        """Wake on publishes spooled too (a consumer's waiter), not only on commits: every append
+        to a file of `spool_dir` is one (IN_MODIFY of the directory's files)."""
+        if self.spool_dir == spool_dir:
+            return
+        self.spool_dir = spool_dir
+        if self._libc is not None and self._fd >= 0:
+            self._libc.inotify_add_watch(self._fd, os.fsencode(spool_dir), IN_MODIFY)
 
     def drain(self) -> None:
         """Read pending events; re-arm the watch if the WAL file went away and came back."""

@@ -495,6 +495,9 @@ class Database:
     #: A commit's notification reaches the Listener a moment after the commit is visible: a stamp
     #: taken in between does not show it yet (the control queues are looked at after every claim).
     exact_stamps = False
+    #: Publishes are inserts of their own (short, SKIP LOCKED claims wait for nobody): no spool.
+    spool = None
+    take_in = None
 
     def __init__(self, url: str, *, schema: str | None = None) -> None:
         self.target = target(url, schema)

@@ -30,7 +30,7 @@ MAX_RETRIES_HEADER = "x-max-retries"
 UNIQUE_HEADER = "x-unique-id"
 
 __all__ = [
-    "MAX_RETRIES_HEADER", "UNIQUE_HEADER", "message_rows", "parse_eta", "publish", "route", "stored_message",
+    "MAX_RETRIES_HEADER", "UNIQUE_HEADER", "message_rows", "parse_eta", "publish", "publish_message", "route", "stored_message",
 ]
 
 
@@ -115,6 +115,18 @@ def publish(store: JobStore, message: dict[str, Any], queues: list[str]) -> list
     With the UNIQUE_HEADER header, a task id some job already has raises DuplicateJob."""
     unique = bool((message.get("headers") or {}).get(UNIQUE_HEADER))
     return store.publish_many(message_rows(message, queues), unique_task_ids=unique)
+
+
+def publish_message(store: JobStore, message: dict[str, Any], queues: list[str]) -> None:
+    """A channel's publish: into the spool where the file has one (SQLite: no lock waited for,
+    moved into the jobs table by the next write), else inserted in one transaction. A message
+    with the UNIQUE_HEADER header is inserted at once, its task id checked (DuplicateJob)."""
+    if not queues:
+        return
+    unique = bool((message.get("headers") or {}).get(UNIQUE_HEADER))
+    jobs = message_rows(message, queues)
+    if unique or not store.publish_spooled(jobs):
+        store.publish_many(jobs, unique_task_ids=unique)
 
 
 def stored_message(

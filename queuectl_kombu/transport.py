@@ -169,7 +169,11 @@ class Transport(virtual.Transport):
         """Wakes the calling thread when the database changes: that thread's waiter, whose
         wake-ups are the ones its change stamps count (PostgreSQL). Never another thread's: a
         pooled connection moves between threads, and a Listener's connection is one thread's."""
-        return self.store.db.thread_waiter(float(self.polling_interval))
+        waiter = self.store.db.thread_waiter(float(self.polling_interval))
+        spool = self.store.db.spool
+        if spool is not None and isinstance(waiter, ChangeWaiter) and waiter.spool_dir != spool.dir and spool.make_dir():
+            waiter.watch_publishes(spool.dir)  # a consumer: woken by publishes spooled as well
+        return waiter
 
     def establish_connection(self) -> Transport:
         """Open the database now, so a bad path or server fails here with a clear message."""

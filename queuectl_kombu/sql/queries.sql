@@ -419,3 +419,34 @@ GROUP BY minute, queue, event ORDER BY minute, queue, event
 -- name: stats_totals
 -- Every count ever kept, per queue and event (what the metrics' counters report).
 SELECT queue, event, SUM(count) FROM stats GROUP BY queue, event
+
+-- name: spool_table
+-- How far each file of a SQLite file's spool (spool.py) was moved into jobs, in bytes. Made by the
+-- first write that moves anything in, not by the schema: it is SQLite's alone (PostgreSQL's
+-- publishes are inserts of their own), and a file of an older queuectl needs no migration for it.
+CREATE TABLE IF NOT EXISTS spool (name TEXT PRIMARY KEY, position INTEGER NOT NULL) WITHOUT ROWID
+
+-- name: spool_positions
+SELECT name, position FROM spool WHERE name <> ''
+
+-- name: spool_token
+-- The row named '' holds a random number that names this database in its spool files' headers: a
+-- file left by a database since deleted is not moved into a new one at the same path (whose inode
+-- number may well be the old one's).
+SELECT position FROM spool WHERE name = ''
+
+-- name: spool_token_make
+INSERT INTO spool (name, position) VALUES ('', ?) ON CONFLICT (name) DO NOTHING
+
+-- name: spool_advance
+-- (name, position), positional
+INSERT INTO spool (name, position) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET position = excluded.position
+
+-- name: spool_forget
+-- (name,), positional: a file that is gone (read to its end, nobody writing it, deleted)
+DELETE FROM spool WHERE name = ?
+
+-- name: spool_clear
+-- A copy of the file (backup): the original's offsets and number dropped (spool_token_make then
+-- gives the copy its own), so that no file of the original's spool is ever moved into it.
+DELETE FROM spool

@@ -13,6 +13,8 @@ one method per verb, every job state change. Its parts, by what they hold:
 
 from __future__ import annotations
 
+from typing import Any
+
 from .diagnosis import DiagnosisReads, RelationSize, TableActivity
 from .housekeeping import Housekeeping
 from .jobs import JobChanges, NewJob
@@ -27,3 +29,8 @@ __all__ = ["CONSUMER_HEARTBEAT", "CONSUMER_TIMEOUT", "STATS_EVENTS", "JobStore",
 
 class JobStore(JobChanges, Housekeeping, JobReads, MetricReads, DiagnosisReads, Topology, Transfer):
     """Every statement against one queuectl database goes through here (results: ResultStore)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.db.engine == "sqlite":
+            self.db.take_in = self._take_in_spool  # every write moves the spooled publishes in first

@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
+import sqlite3
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from ..db import AnyDatabase, database, open_database
+from ..exceptions import DatabaseLocked
 from ..rules import WAL_LIMIT_BYTES, WATCHERS, is_control_queue
 from ..sql import QUERIES as Q
+
+_R = TypeVar("_R")
+
+
+def fresh(method: Callable[..., _R]) -> Callable[..., _R]:
+    """A read that sees every publish made until now: the spool moved in first (SQLite)."""
+    @functools.wraps(method)
+    def read(self: StoreBase, *args: Any, **kwargs: Any) -> _R:
+        self.take_in_spool()
+        return method(self, *args, **kwargs)
+    return read
+
+
+logger = logging.getLogger("queuectl_kombu.store")
 
 #: Every process checks the WAL's size after this many of its own commits.
 WAL_CHECK_EVERY = 200
@@ -49,6 +67,25 @@ class StoreBase:
         a savepoint of it): one turn of the file's writers instead of one each."""
         with self.db.write(durable=False, wakes=WATCHERS):
             yield
+
+    def take_in_spool(self) -> None:
+        """Move everything the spool holds into the jobs table now: for a reader about to count or
+        list jobs, a backup (every write moves some in first on its own). One transaction per
+        spool.TAKE_IN_BYTES, until one moves nothing. A file this process cannot write is read as
+        it is."""
+        if self.db.engine != "sqlite" or self.db.connection().in_transaction:  # opens the spool with the file
+            return
+        spool = self.db.spool
+        while spool is not None and spool.has_new():
+            before = dict(spool.consumed)
+            try:
+                with self.db.write():
+                    pass
+            except (sqlite3.Error, DatabaseLocked) as exc:
+                logger.debug("spooled publishes of %s not moved in before a read: %s", self.path, exc)
+                return
+            if spool.consumed == before:
+                return  # only a line still being written, or files not ours to read
 
     def _committed(self) -> None:
         self.db.note_commit()

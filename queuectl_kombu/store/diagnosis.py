@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..sql import QUERIES as Q
-from .base import StoreBase
+from .base import StoreBase, fresh
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,13 @@ class RelationSize:
 class DiagnosisReads(StoreBase):
     """What the doctor reads beside the counts (JobReads) and the quick check (MetricReads)."""
 
+    @fresh
     def completed_kept(self) -> tuple[int, int]:
         """(completed jobs the retention keeps, the bytes of their payloads)."""
         row = self.db.connection().execute(Q["completed_kept"]).fetchone()
         return int(row[0]), int(row[1])
 
+    @fresh
     def events_per_minute(self, since_minute: int) -> dict[int, dict[str, int]]:
         """The stats table's counts from minute `since_minute` (epoch seconds // 60) on, summed
         over the queues: {minute: {event: count}}."""

@@ -6,15 +6,18 @@ import heapq
 import itertools
 import json
 import logging
-from collections.abc import Iterable, Sequence
+import secrets
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .. import enqueue
 from .. import settings as settings_mod
 from ..exceptions import DuplicateJob, InvalidTransition, InvalidValue, JobNotFound, PayloadTooLarge
 from ..jobs import ClaimedJob
 from ..retry import RetryPolicy
 from ..rules import CANCELLED, MAX_RETRIES_LIMIT, NOBODY, READY_STATES, WATCHERS
+from ..spool import SpoolUnavailable
 from ..sql import QUERIES as Q
 from ..states import JobState
 from .config import ConfigStore
@@ -101,39 +104,112 @@ class JobChanges(ConfigStore):
                 _log_pending(ids)
         return count
 
+    # -- the spool (SQLite): publishes that wait for no lock ------------------------------------
+
+    def publish_spooled(self, jobs: list[NewJob]) -> bool:
+        """Write one publish (its jobs, one per queue it was routed to) to this process's spool
+        file (spool.py) instead of the database; the next write of any process moves it in. True,
+        or False where there is no spool: PostgreSQL, a directory we cannot write, or inside
+        enqueue_in (a publish there belongs to the application's transaction)."""
+        if self.db.engine != "sqlite" or enqueue.current() is not None:
+            return False
+        self.db.connection()  # opens the spool with the file
+        spool = self.db.spool
+        if spool is None:
+            return False
+        _check_new_jobs(jobs)
+        now = self.clock()
+        try:
+            spool.append([(j.queue, j.payload, j.priority, j.next_run_at, j.task_id, j.task_name, j.max_retries,
+                           j.expires_at, now) for j in jobs])
+        except SpoolUnavailable as exc:
+            logger.warning("%s: publishes write the database", exc)
+            self.db.spool = None
+            return False
+        return True
+
+    def renumber_spool(self) -> None:
+        """Give this file a new spool number and forget its spool's offsets (a backup's copy):
+        files written for the file it was copied from are never moved into it."""
+        if self.db.engine != "sqlite":
+            return
+        with self.db.write() as conn:
+            conn.execute(Q["spool_clear"])
+            conn.execute(Q["spool_token_make"], (secrets.randbits(62),))
+
+    def _take_in_spool(self, conn: Any) -> Callable[[], None] | None:
+        """Database.take_in: move the spool's new lines into the jobs table, in the write
+        transaction `conn` just began, with the offsets that say they were moved. Returns what
+        to do after the commit: delete the files read to their end that nobody writes, log."""
+        spool = self.db.spool
+        if spool is None:
+            return None
+        positions = dict(conn.execute(Q["spool_positions"]).fetchall())
+        jobs: list[NewJob] = []
+        published_at: list[float] = []
+        advances: list[tuple[str, int]] = []
+        finished: list[str] = []
+        for chunk in spool.read(positions):
+            for row in chunk.rows:
+                try:
+                    jobs.append(NewJob(*row[:8]))
+                    published_at.append(float(row[8]))
+                except (TypeError, ValueError, IndexError):
+                    logger.warning("skipping an unreadable publish in spool file %s: %r", chunk.name, row[:1])
+            if chunk.end != chunk.start:
+                advances.append((chunk.name, chunk.end))
+            if chunk.finished:
+                finished.append(chunk.name)
+        gone = [(name,) for name in positions if name not in spool.listed]
+        if not (jobs or advances or finished or gone):
+            return None
+        # published (created, due unless an ETA says otherwise) when its publisher wrote it
+        ids = self._insert_checked(conn, jobs, False, set(), at=published_at) if jobs else []
+        if advances:
+            conn.executemany(Q["spool_advance"], advances)
+        if gone:
+            conn.executemany(Q["spool_forget"], gone)
+
+        def after() -> None:
+            self.db.note_commit()
+            for name in finished:
+                spool.forget(name)
+            _log_pending(ids)
+
+        return after
+
     def _insert(self, conn: Any, jobs: list[NewJob], unique_task_ids: bool, seen: set[str]) -> list[int]:
         """Insert `jobs` in the open transaction; their ids, in order."""
         if not jobs:
             return []
+        _check_new_jobs(jobs)
+        return self._insert_checked(conn, jobs, unique_task_ids, seen)
+
+    def _insert_checked(self, conn: Any, jobs: list[NewJob], unique_task_ids: bool, seen: set[str],
+                        at: list[float] | None = None) -> list[int]:
+        """Insert `jobs`, checked already; `at`: each one's time of publication (now otherwise)."""
         now = self.clock()
-        for job in jobs:
-            if len(job.payload) * 4 > MAX_PAYLOAD_BYTES:  # UTF-8: at most 4 bytes a character
-                size = len(job.payload.encode("utf-8", "surrogatepass"))
-                if size > MAX_PAYLOAD_BYTES:
-                    raise PayloadTooLarge(
-                        f"message of {size} bytes for queue {job.queue!r} exceeds the limit "
-                        f"of {MAX_PAYLOAD_BYTES} bytes"
-                    )
-            if job.max_retries is not None and not 0 <= job.max_retries <= MAX_RETRIES_LIMIT:
-                raise InvalidValue(
-                    f"max_retries must be a whole number from 0 to {MAX_RETRIES_LIMIT}, "
-                    f"not {job.max_retries!r}"
-                )
+        times = [now] * len(jobs) if at is None else at
         if unique_task_ids:
             self.db.serialize(conn, "unique task ids")  # two publishers of one id: one wins
             self._check_new_task_ids(conn, [job.task_id for job in jobs if job.task_id is not None], seen)
-        if len(jobs) == 1:
+        if len(jobs) == 1 and at is None:
             job_id = int(conn.execute(Q["insert_job"], _insert_params(jobs[0], now)).fetchone()[0])
             self._tally(conn, "published", [jobs[0].queue])
             return [job_id]
+        if any(job.task_id == "" or job.task_name == "" for job in jobs):  # '' is insert_jobs' NULL
+            ids = [int(conn.execute(Q["insert_job"], _insert_params(job, when)).fetchone()[0])
+                   for job, when in zip(jobs, times)]
+            self._tally(conn, "published", (job.queue for job in jobs))
+            return ids
         # One statement for the batch; None is bound as a sentinel (binding None costs the
         # sqlite3 module an adapter lookup per value) and turned back into NULL by the statement.
         ids = self.db.insert_rows(conn, Q["insert_jobs"], [
             (job.task_id or "", job.task_name or "", job.queue, job.priority, job.payload,
              -1 if job.max_retries is None else job.max_retries,
-             now if job.next_run_at is None else job.next_run_at,
-             -1.0 if job.expires_at is None else job.expires_at, now)
-            for job in jobs
+             when if job.next_run_at is None else job.next_run_at,
+             -1.0 if job.expires_at is None else job.expires_at, when)
+            for job, when in zip(jobs, times)
         ])
         self._tally(conn, "published", (job.queue for job in jobs))
         return ids
@@ -171,15 +247,19 @@ class JobChanges(ConfigStore):
         conn = self.db.connection()
         # a queue named twice is claimed from once; the engine says whether a read first saves a
         # write (SQLite: the file's write lock) or only costs a round trip (PostgreSQL)
+        # publishes waiting in the spool are moved in by the write below: no look first
+        spooled = self.db.spool is not None and self.db.spool.has_new()
         ready = [
             q for q in dict.fromkeys(queues)
-            if (statement == "claim" and not self.db.look_before_claim)  # takes: control queues, mostly empty
+            if spooled or (statement == "claim" and not self.db.look_before_claim)  # takes: control queues, mostly empty
             or conn.execute(Q["has_ready"], {"queue": q, "now": now}).fetchone()
         ]
         if not ready or limit <= 0:
             return []
         claimed: list[ClaimedJob] = []
         with self.db.write(durable=False, wakes=WATCHERS) as conn:
+            if spooled:
+                now = self.clock()  # after the publishes it moved in: they are due
             shares = {ready[0]: limit} if len(ready) == 1 else _shares(conn, ready, limit, now)
             for queue, share in shares.items():
                 rows = conn.execute(
@@ -397,6 +477,23 @@ class JobChanges(ConfigStore):
         if n:
             logger.info("deleted %d dead jobs", n)
         return n
+
+
+def _check_new_jobs(jobs: Iterable[NewJob]) -> None:
+    """PayloadTooLarge or InvalidValue for a job that must not be published."""
+    for job in jobs:
+        if len(job.payload) * 4 > MAX_PAYLOAD_BYTES:  # UTF-8: at most 4 bytes a character
+            size = len(job.payload.encode("utf-8", "surrogatepass"))
+            if size > MAX_PAYLOAD_BYTES:
+                raise PayloadTooLarge(
+                    f"message of {size} bytes for queue {job.queue!r} exceeds the limit "
+                    f"of {MAX_PAYLOAD_BYTES} bytes"
+                )
+        if job.max_retries is not None and not 0 <= job.max_retries <= MAX_RETRIES_LIMIT:
+            raise InvalidValue(
+                f"max_retries must be a whole number from 0 to {MAX_RETRIES_LIMIT}, "
+                f"not {job.max_retries!r}"
+            )
 
 
 def _log_pending(ids: Iterable[int]) -> None:

@@ -4,7 +4,7 @@ the file's size and whether SQLite finds it sound."""
 from __future__ import annotations
 
 from ..sql import QUERIES as Q
-from .base import StoreBase
+from .base import StoreBase, fresh
 
 #: What the stats table counts per minute and queue: a job published, completed, failed (its
 #: retry waits), dead, recovered (its lease ran out), revived (dlq retry) or cancelled.
@@ -14,6 +14,7 @@ STATS_EVENTS: tuple[str, ...] = ("published", "completed", "failed", "dead", "re
 class MetricReads(StoreBase):
     """What `queuectl metrics`, `queuectl health` and the dashboard's /metrics and /healthz read."""
 
+    @fresh
     def waiting_since(self) -> dict[str, float]:
         """Per queue that has a job a claim could take now (control queues left out), since when
         the longest-waiting of them has been runnable (epoch seconds)."""

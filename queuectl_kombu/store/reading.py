@@ -11,7 +11,7 @@ from ..exceptions import JobNotFound
 from ..jobs import Job
 from ..sql import QUERIES as Q
 from ..states import JobState
-from .base import StoreBase
+from .base import StoreBase, fresh
 
 #: What a LIKE pattern must escape (with a backslash) to match a text as it is.
 _LIKE_SPECIAL = re.compile(r"[\\%_]")
@@ -20,6 +20,7 @@ _LIKE_SPECIAL = re.compile(r"[\\%_]")
 class JobReads(StoreBase):
     """What the command line, the dashboard and Celery's inspect read about jobs."""
 
+    @fresh
     def scheduled(self, queues: Sequence[str], limit: int = 1000) -> list[tuple[Any, ...]]:
         """Waiting jobs of `queues` that are not due yet, soonest first:
         (id, queue, priority, next_run_at, deliveries, payload)."""
@@ -35,6 +36,7 @@ class JobReads(StoreBase):
         due = [t for t in times if t is not None]
         return min(due) if due else None
 
+    @fresh
     def counts(self) -> dict[JobState, int]:
         """Jobs per state (every state present, zero included)."""
         result = {state: 0 for state in JobState}
@@ -42,6 +44,7 @@ class JobReads(StoreBase):
             result[JobState(state)] = n
         return result
 
+    @fresh
     def list_jobs(
         self, state: JobState | str | None = None, queue: str | None = None, limit: int | None = None,
         *, jobs_only: bool = False,
@@ -57,6 +60,7 @@ class JobReads(StoreBase):
         statement = Q["list_jobs"] if state is None else Q["list_jobs_in_state"]
         return [Job.from_row(r) for r in self.db.connection().execute(statement, params)]
 
+    @fresh
     def counts_by_queue(self) -> dict[str, dict[JobState, int]]:
         """Jobs per queue and state (every state present in each queue, zero included)."""
         result: dict[str, dict[JobState, int]] = {}
@@ -64,11 +68,13 @@ class JobReads(StoreBase):
             result.setdefault(queue, {s: 0 for s in JobState})[JobState(state)] = n
         return result
 
+    @fresh
     def oldest_pending_created_at(self) -> float | None:
         """When the oldest pending job (not a control message) was created, or None."""
         row = self.db.connection().execute(Q["oldest_waiting"]).fetchone()
         return None if row[0] is None else float(row[0])
 
+    @fresh
     def find_job(self, key: str | int) -> Job:
         """A job by task id (the newest row carrying it), else by numeric row id."""
         row = self.db.connection().execute(Q["latest_by_task_id"], {"task_id": str(key)}).fetchone()
@@ -79,14 +85,17 @@ class JobReads(StoreBase):
             return self.get_job(int(text))
         raise JobNotFound(f"no job with id {key!r}")
 
+    @fresh
     def existing_task_id(self, task_ids: Sequence[str]) -> str | None:
         """One of `task_ids` that a job already carries, or None (one query per 10,000 ids)."""
         return find_existing_task_id(self.db.connection(), list(task_ids))
 
+    @fresh
     def task_exists(self, task_id: str) -> bool:
         """Whether any job carries this task id."""
         return self.db.connection().execute(Q["task_id_exists"], {"task_id": task_id}).fetchone() is not None
 
+    @fresh
     def get_job(self, job_id: int) -> Job:
         """One job by its row id."""
         row = self.db.connection().execute(Q["get_job"], {"id": job_id}).fetchone()
@@ -94,10 +103,12 @@ class JobReads(StoreBase):
             raise JobNotFound(f"no job with id {job_id}")
         return Job.from_row(row)
 
+    @fresh
     def jobs_for_task(self, task_id: str) -> list[Job]:
         """Every row that carries a task id (a retried Celery task may have several)."""
         return [Job.from_row(r) for r in self.db.connection().execute(Q["jobs_by_task_id"], {"task_id": task_id})]
 
+    @fresh
     def search_jobs(
         self, state: JobState | str | None = None, queue: str | None = None, task_name: str | None = None,
         text: str | None = None, *, cursor: int | None = None, limit: int = 50, newest_first: bool = True,
@@ -119,6 +130,7 @@ class JobReads(StoreBase):
         statement = Q["search_jobs_newest"] if newest_first else Q["search_jobs_oldest"]
         return [Job.from_row(r) for r in self.db.connection().execute(statement, params)]
 
+    @fresh
     def activity(self, since: float) -> list[tuple[int, str, str, int]]:
         """(minute, queue, event, count) from the minute of `since` (epoch seconds) on, oldest
         first: what the stats table counted (published, completed, failed, dead, recovered,
@@ -126,6 +138,7 @@ class JobReads(StoreBase):
         rows = self.db.connection().execute(Q["stats_since"], {"minute": int(since // 60)})
         return [(int(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in rows]
 
+    @fresh
     def event_totals(self) -> dict[tuple[str, str], int]:
         """Every count the stats table holds, per (queue, event)."""
         return {(str(r[0]), str(r[1])): int(r[2]) for r in self.db.connection().execute(Q["stats_totals"])}

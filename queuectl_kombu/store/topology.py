@@ -12,7 +12,7 @@ from ..exceptions import InvalidValue, QueueNotFound
 from ..rules import NOBODY, is_control_queue
 from ..sql import QUERIES as Q
 from ..states import JobState
-from .base import StoreBase
+from .base import StoreBase, fresh
 
 logger = logging.getLogger("queuectl_kombu.store")
 
@@ -72,10 +72,12 @@ class Topology(StoreBase):
         """Whether a queue of that name was declared."""
         return self.db.connection().execute(Q["has_queue"], {"name": name}).fetchone() is not None
 
+    @fresh
     def list_queues(self) -> list[dict[str, Any]]:
         """Declared queues with their settings and the number of messages waiting."""
         return [dict(r) for r in self.db.connection().execute(Q["list_queues"])]
 
+    @fresh
     def queue_size(self, queue: str) -> int:
         """Jobs waiting in `queue` (pending, or failed and waiting for a retry; not expired)."""
         row = self.db.connection().execute(Q["queue_size"], {"queue": queue, "now": self.clock()}).fetchone()
@@ -122,6 +124,7 @@ class Topology(StoreBase):
         """The names of the paused queues, sorted."""
         return [str(r[0]) for r in self.db.connection().execute(Q["paused_queues"])]
 
+    @fresh
     def queue_overview(self) -> list[QueueInfo]:
         """Every queue that is declared or holds jobs (Celery's control queues left out), by name:
         its jobs per state, live consumers, and whether it is paused. One grouped count of the

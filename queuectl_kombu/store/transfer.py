@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..sql import QUERIES as Q
+from .base import fresh
 from .config import ConfigStore
 from .topology import CONSUMER_TIMEOUT
 
@@ -67,6 +68,7 @@ class Transfer(ConfigStore):
         conn = self.db.connection()
         return [str(r[0]) for r in conn.execute(Q["live_consumer_owners"], {"cutoff": self.clock() - CONSUMER_TIMEOUT})]
 
+    @fresh
     def read_rows(self) -> QueueRows:
         """Every row `copy` carries, read in one snapshot (a read transaction)."""
         conn = self.db.connection()

@@ -24,6 +24,7 @@ from tests.support.events import Event, Layout, read_events
 from tests.support.paths import REPO
 from tests.support.peers import delete_keys, redis_client
 from tests.support.processes import Proc, Worker, celery_argv, child_env, run, stop_all
+from tests.support.spool import move_spool_in
 
 APPS = Path(__file__).parent / "apps"
 if str(APPS) not in sys.path:
@@ -126,6 +127,7 @@ class Env:
                 return [tuple(row) for row in store.db.connection().execute(statement, params).fetchall()]
             finally:
                 store.close()
+        move_spool_in(self.db)  # what the store's own reads do
         conn = sqlite3.connect(str(self.db), timeout=30)
         try:
             return conn.execute(statement, params).fetchall()

@@ -30,12 +30,23 @@ from tests.support.waiting import WaitTimeout, wait_for
 
 
 def snapshot(path: Path) -> str | None:
-    """Every row of the database as SQL text (None when the file does not exist); opens it read-only."""
+    """Every row of the database as SQL text (None when the file does not exist), but the spool's
+    (queuectl_kombu/spool.py: its offsets, and the number a backup's copy gets of its own; see
+    spool_number); opens it read-only."""
     if not path.exists():
         return None
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return "\n".join(conn.iterdump())
+        return "\n".join(line for line in conn.iterdump() if not line.startswith('INSERT INTO "spool"'))
+    finally:
+        conn.close()
+
+
+def spool_number(path: Path) -> int:
+    """The number that names the file in its spool's files."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT position FROM spool WHERE name = ''").fetchone()[0])
     finally:
         conn.close()
 

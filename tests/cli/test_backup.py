@@ -18,7 +18,7 @@ from click.testing import Result
 from queuectl_kombu import JobState, JobStore, NewJob
 from tests.support.reading import rows
 
-from .conftest import snapshot
+from .conftest import snapshot, spool_number
 
 
 def assert_one_error_line(result: Result, line: str) -> None:
@@ -69,6 +69,7 @@ def test_an_idle_file_is_copied_row_for_row(cli: Callable[..., Result], db: Path
     assert journal_mode(dest) == "wal"
     assert snapshot(db) == before  # the source as it was
     assert snapshot(dest) == before  # every table, every row: jobs, config, queues, stats, sequence
+    assert spool_number(dest) != spool_number(db)  # never takes in the source's spool, restored in its place
 
 
 def test_running_jobs_go_back_to_pending_in_the_copy_only(cli: Callable[..., Result], db: Path, tmp_path: Path,

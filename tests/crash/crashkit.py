@@ -35,6 +35,7 @@ import pytest
 from tests.support.events import Event, Layout, count_lines, parse_events
 from tests.support.paths import REPO, queuectl_executable
 from tests.support.processes import Proc, Worker, celery_argv, child_env, run, stop_all
+from tests.support.spool import move_spool_in
 
 HERE = Path(__file__).resolve().parent
 APPS = HERE / "apps"
@@ -200,6 +201,7 @@ class Rig:
 
     def sql(self, statement: str, params: Any = (), db: Path | None = None) -> list[tuple]:
         """A query on a connection of its own (closed at once)."""
+        move_spool_in(db or self.db)  # what the store's own reads do
         conn = sqlite3.connect(str(db or self.db), timeout=30)
         try:
             return conn.execute(statement, params).fetchall()

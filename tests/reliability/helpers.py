@@ -23,7 +23,8 @@ COUNTS: Counter[str] = Counter()
 #: The tables a queuectl file holds (schema.sql and its migrations); fuzzed input must never
 #: remove one nor add another.
 TABLES = frozenset(
-    re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", sql.SCHEMA + "".join(sql.MIGRATIONS.values()), re.I)
+    re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)",
+               sql.SCHEMA + "".join(sql.MIGRATIONS.values()) + sql.QUERIES["spool_table"], re.I)  # + SQLite's spool
 )
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.spool import move_spool_in
 from celery import Celery
 
 from queuectl_kombu import install_schema
@@ -46,6 +48,8 @@ class Queue:
         return "%s" if self.is_postgres else "?"
 
     def scalar(self, statement: str) -> Any:
+        if not self.is_postgres:
+            move_spool_in(self.target)  # what the store's own reads do
         with self.connect() as conn:
             return conn.execute(statement).fetchone()[0]
 

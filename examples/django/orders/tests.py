@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -95,8 +96,10 @@ class OrderViewTests(TransactionTestCase):
         database = str(connection.settings_dict["NAME"])  # the test database, migrated by now
         url = f"sqlite:///{database}"
         app.conf.update(broker_url=url, result_backend=url)
-        # Cleanups run last first. Last of all: this process's connections to the test file,
-        # closed before Django deletes it (its -wal and -shm files would stay behind).
+        # Cleanups run last first. Last of all: the queue's spool directory beside the test file
+        # (Django deletes the file alone), and this process's connections to the file, closed
+        # before Django deletes it (its -wal and -shm files would stay behind).
+        cls.addClassCleanup(shutil.rmtree, database + "-spool", True)
         cls.addClassCleanup(JobStore.shared(database).close)
         cls.addClassCleanup(app.close)
         logs = tempfile.TemporaryDirectory()
