@@ -174,9 +174,17 @@ class Channel(Routing, virtual.Channel):
         """Deliver one message (kombu's contract for ``Connection.drain_events``)."""
         return self.deliver(callback or self.connection._deliver, 1)
 
-    def deliver(self, callback: Any, most: int) -> int:
+    def will_claim(self) -> bool:
+        """Whether this channel's next deliver claims (it consumes with acks and has room)."""
+        return (any(q not in self._no_ack_queues for q in self._active_queues)
+                and self.qos.can_consume_max_estimate() != 0)
+
+    def deliver(self, callback: Any, most: int, *, claim_follows: bool = False) -> int:
         """Claim up to `most` messages (no more than the prefetch window) in one transaction and
-        hand them to `callback`; raises Empty when there are none."""
+        hand them to `callback`; raises Empty when there are none. `claim_follows`: a claim of
+        this transport comes in the same round (Transport.on_change), and moves in what the spool
+        holds (SQLite): the take of the control queues needs no write of its own for that; what the
+        spool brought them is handed over after the claim (Transport.deliver_control)."""
         if self.transport.moved:
             raise DatabaseMoved(self.transport.moved)  # a connection error: Celery reconnects
         if not self._consumers:
@@ -184,9 +192,10 @@ class Channel(Routing, virtual.Channel):
         stamp = self.store.work_stamp()
         if stamp == self._empty_stamp and time.time() < self.next_due:
             raise Empty()  # nothing was committed and nothing came due since the last empty claim
-        taken = self.deliver_unacked(callback, most)  # control and broadcast first
         acked = [q for q in self._active_queues if q not in self._no_ack_queues]
         room = self.qos.can_consume_max_estimate()
+        claim_follows = claim_follows or (bool(acked) and room != 0)
+        taken = self.deliver_unacked(callback, most, spool=not claim_follows)  # control and broadcast first
         limit = min(most - taken, self.prefetch_batch if room is None else room)
         if acked and limit > 0 and not taken and self._claim_soon(room):
             raise Empty()  # a claim a moment later (call_again) takes more messages at once
@@ -194,6 +203,8 @@ class Channel(Routing, virtual.Channel):
         if acked and limit > 0:
             self._last_claim = time.monotonic()
             claimed = self._claim(acked, limit)
+            if not claimed and claim_follows:
+                self.transport.deliver_control()  # what moving the spool in brought the control queues
         elif acked and not taken and room == 0:
             raise Empty()  # the prefetch window is full: an ack will wake us
         if not taken and not claimed:
@@ -217,11 +228,13 @@ class Channel(Routing, virtual.Channel):
         return (self._empty_stamp is not None and time.time() < self.next_due
                 and self.store.work_stamp() == self._empty_stamp)
 
-    def deliver_unacked(self, callback: Any, most: int | None = None) -> int:
+    def deliver_unacked(self, callback: Any, most: int | None = None, *, spool: bool = True) -> int:
         """Deliver up to `most` ready messages of this channel's no-ack queues (control and
-        broadcast: they leave the queue as they are delivered); how many."""
+        broadcast: they leave the queue as they are delivered); how many. `spool`: as
+        JobStore.take."""
         unacked = [q for q in self._active_queues if q in self._no_ack_queues]
-        taken = self.store.take(unacked, self.prefetch_batch if most is None else most) if unacked else []
+        taken = (self.store.take(unacked, self.prefetch_batch if most is None else most, spool=spool)
+                 if unacked else [])
         for job in taken:
             callback(self._deliverable(job), job.queue)
         return len(taken)

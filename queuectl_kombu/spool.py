@@ -247,7 +247,10 @@ class Spool:
         the time they were made). Files of another database are skipped (and, once nobody writes
         them, deleted with a warning)."""
         budget = TAKE_IN_BYTES
-        for name, size in sorted(self.sizes().items()):
+        sizes = self.sizes()
+        for name in [name for name in self.consumed if name not in sizes]:
+            del self.consumed[name]  # deleted by some process: forgotten here too
+        for name, size in sorted(sizes.items()):
             start = offsets.get(name, 0)
             if size <= start and start:
                 self.consumed[name] = start

@@ -216,9 +216,11 @@ class Transport(virtual.Transport):
             self.link.watch(self._waiter)
         # Control and broadcast messages (no-ack queues: pidbox, events) before tasks: a revoke
         # published just before its task is handled before the task is (Redis leaves it to a race).
-        for channel in sorted(self.channels, key=lambda ch: not ch.consumes_without_ack()):
+        channels = sorted(self.channels, key=lambda ch: not ch.consumes_without_ack())
+        claim_follows = any(channel.will_claim() for channel in channels)
+        for channel in channels:
             try:
-                channel.deliver(self._deliver, channel.prefetch_batch)
+                channel.deliver(self._deliver, channel.prefetch_batch, claim_follows=claim_follows)
             except Empty:
                 pass
         self.link.schedule_due(min((ch.next_due for ch in self.channels), default=math.inf))

@@ -128,6 +128,17 @@ class JobChanges(ConfigStore):
             return False
         return True
 
+    def spool_waiting(self, conn: Any) -> bool:
+        """Whether the spool holds publishes nobody moved in yet: the files' sizes against the
+        offsets this process saw, and, when they say yes, against the offsets recorded (a read:
+        another process's write may have moved them in already, which a write would find out
+        only after waiting for its turn)."""
+        spool = self.db.spool
+        if spool is None or not spool.has_new():
+            return False
+        spool.consumed.update(conn.execute(Q["spool_positions"]).fetchall())
+        return spool.has_new()
+
     def renumber_spool(self) -> None:
         """Give this file a new spool number and forget its spool's offsets (a backup's copy):
         files written for the file it was copied from are never moved into it."""
@@ -163,7 +174,10 @@ class JobChanges(ConfigStore):
         gone = [(name,) for name in positions if name not in spool.listed]
         if not (jobs or advances or finished or gone):
             return None
-        # published (created, due unless an ETA says otherwise) when its publisher wrote it
+        # in the order they were published, whichever file they are in (ids are claim order);
+        # each created, and due unless an ETA says otherwise, when its publisher wrote it
+        order = sorted(range(len(jobs)), key=published_at.__getitem__)
+        jobs, published_at = [jobs[i] for i in order], [published_at[i] for i in order]
         ids = self._insert_checked(conn, jobs, False, set(), at=published_at) if jobs else []
         if advances:
             conn.executemany(Q["spool_advance"], advances)
@@ -236,19 +250,22 @@ class JobChanges(ConfigStore):
         """
         return self._claim("claim", queues, limit, owner, lease_seconds)
 
-    def take(self, queues: Sequence[str], limit: int) -> list[ClaimedJob]:
-        """Remove and return up to `limit` due jobs, for consumers that do not acknowledge."""
-        return self._claim("take", queues, limit, "no-ack", 0.0)
+    def take(self, queues: Sequence[str], limit: int, *, spool: bool = True) -> list[ClaimedJob]:
+        """Remove and return up to `limit` due jobs, for consumers that do not acknowledge.
+        With `spool` False, publishes waiting in the spool do not make it write: the caller's
+        claim right after moves them in (and takes what they brought for these queues then)."""
+        return self._claim("take", queues, limit, "no-ack", 0.0, spool=spool)
 
     def _claim(
-        self, statement: str, queues: Sequence[str], limit: int, owner: str, lease_seconds: float
+        self, statement: str, queues: Sequence[str], limit: int, owner: str, lease_seconds: float,
+        *, spool: bool = True,
     ) -> list[ClaimedJob]:
         now = self.clock()
         conn = self.db.connection()
         # a queue named twice is claimed from once; the engine says whether a read first saves a
         # write (SQLite: the file's write lock) or only costs a round trip (PostgreSQL)
         # publishes waiting in the spool are moved in by the write below: no look first
-        spooled = self.db.spool is not None and self.db.spool.has_new()
+        spooled = spool and self.spool_waiting(conn)
         ready = [
             q for q in dict.fromkeys(queues)
             if spooled or (statement == "claim" and not self.db.look_before_claim)  # takes: control queues, mostly empty
