@@ -202,8 +202,10 @@ class Channel(Routing, virtual.Channel):
         claimed: list[ClaimedJob] = []
         if acked and limit > 0:
             self._last_claim = time.monotonic()
+            spool = self.store.db.spool
+            spooled = claim_follows and spool is not None and spool.has_new()  # the claim moves it in
             claimed = self._claim(acked, limit)
-            if not claimed and claim_follows:
+            if not claimed and spooled:
                 self.transport.deliver_control()  # what moving the spool in brought the control queues
         elif acked and not taken and room == 0:
             raise Empty()  # the prefetch window is full: an ack will wake us

@@ -564,8 +564,10 @@ class Database:
                 conn.raw.execute("COMMIT")
 
     @contextlib.contextmanager
-    def write(self, *, durable: bool = True, wakes: str = EVERYONE, publishes: bool = False) -> Iterator[Connection]:
-        """A write transaction (a savepoint inside another of this thread), which notifies the
+    def write(self, *, durable: bool = True, wakes: str = EVERYONE, publishes: bool = False,
+              wait: bool = True) -> Iterator[Connection]:
+        """A write transaction (a savepoint inside another of this thread; `wait` means nothing
+        here: writers lock rows, not the database), which notifies the
         schema's channel as it commits (rules.EVERYONE): every waiting worker and result looks
         again. WATCHERS: the notification says so, and workers do not look for work because of it
         (a claim, an ack); NOBODY: no notification (a lease renewal, a heartbeat).

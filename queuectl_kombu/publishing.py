@@ -118,15 +118,18 @@ def publish(store: JobStore, message: dict[str, Any], queues: list[str]) -> list
 
 
 def publish_message(store: JobStore, message: dict[str, Any], queues: list[str]) -> None:
-    """A channel's publish: into the spool where the file has one (SQLite: no lock waited for,
-    moved into the jobs table by the next write), else inserted in one transaction. A message
-    with the UNIQUE_HEADER header is inserted at once, its task id checked (DuplicateJob)."""
+    """A channel's publish, which waits for no other writer: inserted in one transaction when the
+    file's turn is free, else into the spool (SQLite: moved into the jobs table by the next
+    write; JobStore.publish_or_spool). A message with the UNIQUE_HEADER header is inserted, its
+    task id checked (DuplicateJob), waiting for its turn as any write."""
     if not queues:
         return
     unique = bool((message.get("headers") or {}).get(UNIQUE_HEADER))
     jobs = message_rows(message, queues)
-    if unique or not store.publish_spooled(jobs):
-        store.publish_many(jobs, unique_task_ids=unique)
+    if unique:
+        store.publish_many(jobs, unique_task_ids=True)
+    else:
+        store.publish_or_spool(jobs)
 
 
 def stored_message(

@@ -3,11 +3,12 @@ next write to the database moves them into the jobs table.
 
 A publish to a SQLite file used to be a write transaction of its own: it waited for the file's one
 write lock behind every other publisher and every worker's claim and ack, a hand-over from process
-to process each time (docs/benchmarks.md, issue 19). A spooled publish takes no lock: it appends one
-line to a file only its process writes (``<db>-spool/<name>.jobs``, opened with O_APPEND) and
-returns. Once ``write()`` has returned the line is the kernel's: it outlives the publisher killed
-at once (SIGKILL), exactly as a commit in WAL mode with ``synchronous=NORMAL`` does; with FULL or
-EXTRA each line is fdatasync'ed as well, as those commits are.
+to process each time (docs/benchmarks.md, issue 19). Now a publish that finds the writers' turn
+taken (JobStore.publish_or_spool) waits for nobody: it appends one line to a file only its process
+writes (``<db>-spool/<name>.jobs``, opened with O_APPEND) and returns. Once ``write()`` has
+returned the line is the kernel's: it outlives the publisher killed at once (SIGKILL), exactly as
+a commit in WAL mode with ``synchronous=NORMAL`` does; with FULL or EXTRA each line is
+fdatasync'ed as well, as those commits are.
 
 The next write transaction of any process on the file (a worker's claim, most often: every write
 looks first) reads the lines added since the offsets kept in the database's ``spool`` table,
@@ -254,10 +255,14 @@ class Spool:
             start = offsets.get(name, 0)
             if size <= start and start:
                 self.consumed[name] = start
-                with contextlib.suppress(OSError):
-                    if not _written_by_anyone(os.path.join(self.dir, name)):
-                        yield Chunk(name, start, start, [], True)
-                continue
+                try:
+                    if _written_by_anyone(os.path.join(self.dir, name)):
+                        continue  # read to its end, and still written: nothing new yet
+                except OSError:
+                    continue
+                # Nobody writes it now, but its writer may have added lines after `size` was
+                # looked at and then closed it (a rotation, an exit): read it to its end, once
+                # more, now that nothing more can come (_read_file looks at the lock first too).
             if budget <= 0:
                 continue  # the next write goes on from here
             try:

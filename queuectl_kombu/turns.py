@@ -31,6 +31,11 @@ from collections.abc import Iterator
 _held = threading.local()
 
 
+class TurnTaken(Exception):
+    """Another writer has the turn, and the caller would rather not wait for it (a publish that
+    goes to the spool instead: spool.py)."""
+
+
 class WriterTurns:
     """The turn of one file's writers. The -wal file is opened for each turn and closed after it
     (a few microseconds): no descriptor outlives a write, whatever becomes of the file, and none
@@ -40,10 +45,11 @@ class WriterTurns:
         self.wal_path = db_path + "-wal"
 
     @contextlib.contextmanager
-    def turn(self) -> Iterator[bool]:
+    def turn(self, *, wait: bool = True) -> Iterator[bool]:
         """Hold the turn meanwhile; yields whether one was had (False: no -wal file yet, or no
         flock here). The threads of one process take turns among themselves first
-        (db._write_lock): two threads' flocks on two descriptors would exclude each other too."""
+        (db._write_lock): two threads' flocks on two descriptors would exclude each other too.
+        Without `wait`, TurnTaken when another writer holds it."""
         try:
             fd = os.open(self.wal_path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -57,7 +63,9 @@ class WriterTurns:
                 yield False
                 return
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise TurnTaken(self.wal_path) from None
             except OSError:
                 yield False
                 return

@@ -18,6 +18,7 @@ from ..jobs import ClaimedJob
 from ..retry import RetryPolicy
 from ..rules import CANCELLED, MAX_RETRIES_LIMIT, NOBODY, READY_STATES, WATCHERS
 from ..spool import SpoolUnavailable
+from ..turns import TurnTaken
 from ..sql import QUERIES as Q
 from ..states import JobState
 from .config import ConfigStore
@@ -70,13 +71,14 @@ class JobChanges(ConfigStore):
         """Insert one pending job; returns its id."""
         return self.publish_many([job])[0]
 
-    def publish_many(self, jobs: Iterable[NewJob], *, unique_task_ids: bool = False) -> list[int]:
+    def publish_many(self, jobs: Iterable[NewJob], *, unique_task_ids: bool = False, wait: bool = True) -> list[int]:
         """Insert pending jobs in one transaction: all or none.
 
         With unique_task_ids, a task id that any job already has (or that repeats in `jobs`)
-        raises DuplicateJob and nothing is written.
+        raises DuplicateJob and nothing is written. Without `wait`, TurnTaken, nothing written,
+        when another writer has the file (SQLite).
         """
-        with self.db.write(publishes=True) as conn:
+        with self.db.write(publishes=True, wait=wait) as conn:
             ids = self._insert(conn, list(jobs), unique_task_ids, set())
         self._committed()
         _log_pending(ids)
@@ -105,6 +107,22 @@ class JobChanges(ConfigStore):
         return count
 
     # -- the spool (SQLite): publishes that wait for no lock ------------------------------------
+
+    def publish_or_spool(self, jobs: list[NewJob]) -> None:
+        """A channel's publish (one message, a job per queue it was routed to) that waits for no
+        other writer: inserted at once when the file's turn is free (SQLite; as publish_many),
+        written to the spool when another writer has it (publish_spooled). Where there is no
+        spool (PostgreSQL, inside enqueue_in, a directory we cannot write), publish_many."""
+        if self.db.engine == "sqlite" and enqueue.current() is None:
+            self.db.connection()  # opens the spool with the file
+            if self.db.spool is not None:
+                try:
+                    self.publish_many(jobs, wait=False)
+                    return
+                except TurnTaken:
+                    if self.publish_spooled(jobs):
+                        return
+        self.publish_many(jobs)
 
     def publish_spooled(self, jobs: list[NewJob]) -> bool:
         """Write one publish (its jobs, one per queue it was routed to) to this process's spool

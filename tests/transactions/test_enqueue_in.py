@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from celery import Celery, chain, group
 
-from queuectl_kombu import UNIQUE_HEADER, InvalidInput, JobStore, enqueue_in, install_schema
+from queuectl_kombu import InvalidInput, JobStore, enqueue_in, install_schema
 from tests.support.waiting import wait_for
 
 from .conftest import Queue
@@ -308,9 +308,8 @@ def test_a_publish_to_another_database_inside_the_block_is_refused(queue: Queue,
 
 def test_another_thread_waiting_for_the_file_does_not_stall_the_block(queue: Queue, producer: Celery) -> None:
     """SQLite: while the application's transaction holds the file's write lock, another thread of
-    the process publishing on its own a message that is written at once (x-unique-id: a plain
-    publish goes to the spool and waits for nobody) waits for it; the block's own publish must not
-    wait for that thread in turn (it would, for the busy timeout, under the process's write lock)."""
+    the process publishing on its own waits for it; the block's own publish must not wait for
+    that thread in turn (it would, for the busy timeout, under the process's write lock)."""
     if queue.is_postgres:
         pytest.skip("SQLite's file-wide write lock")
     import threading
@@ -324,7 +323,7 @@ def test_another_thread_waiting_for_the_file_does_not_stall_the_block(queue: Que
 
     def publish_on_its_own() -> None:
         try:
-            producer.send_task("orders.confirm", (2,), headers={UNIQUE_HEADER: True})
+            producer.send_task("orders.confirm", (2,))
             other["done"] = True
         except Exception as exc:  # noqa: BLE001 - reported below
             other["error"] = exc

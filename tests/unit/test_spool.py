@@ -4,6 +4,7 @@ killed when."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,7 @@ from kombu import Connection
 
 from queuectl_kombu import JobState, JobStore, NewJob
 from queuectl_kombu import spool as spool_mod
-from queuectl_kombu.publishing import UNIQUE_HEADER, publish_message, stored_message
+from queuectl_kombu.publishing import UNIQUE_HEADER, message_rows, publish_message, stored_message
 from tests.support.waiting import wait_for
 
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -71,16 +73,38 @@ def test_a_claim_moves_the_spool_in_and_takes_it_in_one_write(store: JobStore) -
     assert positions == {name: os.path.getsize(os.path.join(store.db.spool.dir, name))}
 
 
-def test_a_publish_through_kombu_is_spooled_and_consumed(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'k.db'}"
-    with Connection(url) as conn:
+@contextlib.contextmanager
+def _turn_held_by_another_process(db_path: str) -> Iterator[None]:
+    """Another process holds the file's writers' turn (turns.py: an flock on its -wal file)."""
+    code = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); "
+            "print('held', flush=True); sys.stdin.read()")
+    proc = subprocess.Popen([sys.executable, "-c", code, db_path + "-wal"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+        yield
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(10)
+
+
+def test_a_publish_through_kombu_waits_for_no_writer(tmp_path: Path) -> None:
+    path = str(tmp_path / "k.db")
+    with Connection(f"sqlite:///{path}") as conn:
         queue = conn.SimpleQueue("kq")
-        queue.put({"hello": 1})
-        assert os.listdir(str(tmp_path / "k.db") + "-spool")
-        assert queue.qsize() == 1
-        message = queue.get(timeout=5)
-        assert message.payload == {"hello": 1}
-        message.ack()
+        queue.put({"hello": 0})  # the turn is free: written to the database at once
+        assert not os.path.exists(path + "-spool")
+        with _turn_held_by_another_process(path):
+            started = time.monotonic()
+            queue.put({"hello": 1})  # another writer has the turn: to the spool, no wait
+            assert time.monotonic() - started < 5
+            assert len(os.listdir(path + "-spool")) == 1
+        assert queue.qsize() == 2
+        for n in (0, 1):
+            message = queue.get(timeout=5)
+            assert message.payload == {"hello": n}
+            message.ack()
         queue.close()
 
 
@@ -89,7 +113,7 @@ def test_a_unique_publish_is_written_at_once_after_the_spooled_ones_of_its_proce
                            correlation_id="a")
     unique = stored_message("e30=", {"id": "b", "task": "x", UNIQUE_HEADER: True}, exchange="", routing_key="q",
                             priority=0, correlation_id="b")
-    publish_message(store, plain, ["q"])
+    assert store.publish_spooled(message_rows(plain, ["q"]))  # as when another writer had the turn
     publish_message(store, unique, ["q"])
     assert _task_ids(store) == ["a", "b"]  # its write moved the spooled one in first: order kept
     with pytest.raises(Exception, match="already exists"):
@@ -303,3 +327,18 @@ def test_spool_files_take_the_database_files_permissions(tmp_path: Path) -> None
     assert os.stat(store.db.spool.dir).st_mode & 0o777 == 0o770
     assert os.stat(os.path.join(store.db.spool.dir, name)).st_mode & 0o777 == 0o660
     store.close()
+
+
+def test_a_file_closed_after_its_size_was_looked_at_is_read_to_its_end_before_it_goes(store: JobStore) -> None:
+    """The race a bulk run found: a file read to its end, then its writer adds lines and closes it
+    (a rotation) between the look at its size and the look at its lock. Those lines are read."""
+    store.publish_spooled([_job(1)])
+    assert [j.task_id for j in store.claim(["q"], 10, "w", 30)] == ["t-1"]
+    spool = store.db.spool
+    stale = spool.sizes()  # as the reader saw the file
+    store.publish_spooled([_job(2)])
+    spool._close()  # its writer rotates: nobody holds it any more
+    positions = dict(store.db.connection().execute("SELECT name, position FROM spool WHERE name <> ''"))
+    spool.sizes = lambda: stale  # type: ignore[method-assign]  # the look taken before the append
+    (chunk,) = spool.read(positions)
+    assert [row[4] for row in chunk.rows] == ["t-2"] and chunk.finished
