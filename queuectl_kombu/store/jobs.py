@@ -18,9 +18,9 @@ from ..jobs import ClaimedJob
 from ..retry import RetryPolicy
 from ..rules import CANCELLED, MAX_RETRIES_LIMIT, NOBODY, READY_STATES, WATCHERS
 from ..spool import SpoolUnavailable
-from ..turns import TurnTaken
 from ..sql import QUERIES as Q
 from ..states import JobState
+from ..turns import TurnTaken
 from .config import ConfigStore
 from .reading import find_existing_task_id
 
@@ -293,8 +293,7 @@ class JobChanges(ConfigStore):
             return []
         claimed: list[ClaimedJob] = []
         with self.db.write(durable=False, wakes=WATCHERS) as conn:
-            if spooled:
-                now = self.clock()  # after the publishes it moved in: they are due
+            now = self.clock()  # once the turn is had: due includes what its write moved in from the spool
             shares = {ready[0]: limit} if len(ready) == 1 else _shares(conn, ready, limit, now)
             for queue, share in shares.items():
                 rows = conn.execute(

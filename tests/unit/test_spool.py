@@ -124,6 +124,8 @@ _PRODUCER = textwrap.dedent("""
     import json, os, sys
     sys.path.insert(0, {root!r})
     from queuectl_kombu import JobStore, NewJob
+    from queuectl_kombu import spool
+    spool.ROTATE_BYTES = int(sys.argv[4])
     store = JobStore({path!r})
     first, count = int(sys.argv[1]), int(sys.argv[2])
     for i in range(first, first + count):
@@ -133,9 +135,27 @@ _PRODUCER = textwrap.dedent("""
 """)
 
 
-def _producer(path: str, first: int, count: int, pad: int = 0) -> subprocess.Popen[bytes]:
+def _producer(path: str, first: int, count: int, pad: int = 0, rotate: int = spool_mod.ROTATE_BYTES) -> subprocess.Popen[bytes]:
     code = _PRODUCER.format(root=ROOT, path=path)
-    return subprocess.Popen([sys.executable, "-c", code, str(first), str(count), str(pad)], stdout=subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-c", code, str(first), str(count), str(pad), str(rotate)],
+                            stdout=subprocess.PIPE)
+
+
+def test_files_rotated_and_left_while_a_consumer_reads_lose_nothing(store: JobStore) -> None:
+    """Publishers that start a new file every few lines and exit, while a consumer claims: every
+    publish becomes one job (a file closed between the look at its size and the look at its lock
+    used to be deleted unread)."""
+    procs = [_producer(store.path, k * 10_000, 2_000, pad=200, rotate=4_000) for k in range(3)]
+    claimed: list[str] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (any(p.poll() is None for p in procs) or store.db.spool.has_new()):
+        claimed += [j.task_id for j in store.claim(["q"], 50, "w", 300)]
+    for proc in procs:
+        assert proc.wait(30) == 0
+    while batch := store.claim(["q"], 1000, "w", 300):
+        claimed += [j.task_id for j in batch]
+    assert len(claimed) == len(set(claimed)) == 6_000
+    assert set(claimed) == {f"t-{k * 10_000 + i}" for k in range(3) for i in range(2_000)}
 
 
 def test_producers_killed_mid_stream_lose_no_returned_publish_and_none_is_moved_in_twice(store: JobStore) -> None:
