@@ -67,8 +67,9 @@ class Channel(Routing, virtual.Channel):
         return ""
 
     def basic_publish(self, message: dict[str, Any], exchange: str, routing_key: str, **kwargs: Any) -> None:
-        """Route through the bindings in the file; every copy goes in one line of the spool (or one
-        transaction: publishing.publish_message)."""
+        """Route through the bindings in the file; every copy is inserted in one transaction or, when
+        another writer has the file's turn, written in one line of the spool
+        (publishing.publish_message)."""
         self._inplace_augment_message(message, exchange, routing_key)
         publish_message(self.store, message, self._lookup(exchange, routing_key))
 
