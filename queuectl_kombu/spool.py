@@ -122,7 +122,8 @@ class Spool:
     def append(self, rows: Sequence[Row]) -> None:
         """Append one publish (its rows: one per queue it was routed to) as one line. Returns once
         the line is written; raises SpoolError with nothing written when it cannot be."""
-        line = (json.dumps(rows, separators=(",", ":"), ensure_ascii=False) + "\n").encode("utf-8", "surrogatepass")
+        # ASCII: any text (a lone surrogate in a task id included) reads back as it was written
+        line = (json.dumps(rows, separators=(",", ":")) + "\n").encode("ascii")
         with self._lock:
             if self._pid != os.getpid():
                 self._forget_inherited()

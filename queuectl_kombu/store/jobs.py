@@ -136,6 +136,8 @@ class JobChanges(ConfigStore):
         if spool is None:
             return False
         _check_new_jobs(jobs)
+        for job in jobs:
+            _storable(job)  # what SQLite would refuse is refused here, not by the write that moves it in
         now = self.clock()
         try:
             spool.append([(j.queue, j.payload, j.priority, j.next_run_at, j.task_id, j.task_name, j.max_retries,
@@ -181,8 +183,10 @@ class JobChanges(ConfigStore):
         for chunk in spool.read(positions):
             for row in chunk.rows:
                 try:
-                    jobs.append(NewJob(*row[:8]))
+                    job = NewJob(*row[:8])
+                    _storable(job)
                     published_at.append(float(row[8]))
+                    jobs.append(job)
                 except (TypeError, ValueError, IndexError):
                     logger.warning("skipping an unreadable publish in spool file %s: %r", chunk.name, row[:1])
             if chunk.end != chunk.start:
@@ -511,6 +515,13 @@ class JobChanges(ConfigStore):
         if n:
             logger.info("deleted %d dead jobs", n)
         return n
+
+
+def _storable(job: NewJob) -> None:
+    """UnicodeEncodeError (a ValueError) for text SQLite cannot store (a lone surrogate), as the
+    insert itself would raise; TypeError for a field of the wrong type."""
+    for text in (job.queue, job.payload, job.task_id or "", job.task_name or ""):
+        text.encode("utf-8")
 
 
 def _check_new_jobs(jobs: Iterable[NewJob]) -> None:

@@ -62,6 +62,28 @@ def test_a_spooled_publish_is_in_no_table_until_a_write_moves_it_in(store: JobSt
     assert store.db.connection().execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 2
 
 
+def test_any_text_reads_back_from_the_spool_as_it_was_published(store: JobStore) -> None:
+    odd = "t-\u00e9\u4e2d\U0001f600"  # accents, CJK, an emoji
+    store.publish_spooled([NewJob(queue="q", payload=json.dumps({"s": odd}, ensure_ascii=False), task_id=odd,
+                                  task_name=odd)])
+    (job,) = store.claim(["q"], 10, "w", 30)
+    assert job.task_id == odd and json.loads(job.payload) == {"s": odd}
+
+
+def test_text_sqlite_cannot_store_is_refused_at_the_publish_and_never_blocks_the_spool(
+        store: JobStore, caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(UnicodeEncodeError):  # what the insert itself raises
+        store.publish_spooled([NewJob(queue="q", payload="x", task_id="bad-\ud800")])
+    assert not os.path.isdir(store.db.spool.dir) or not _files(store)
+    store.publish_spooled([_job(1)])
+    with open(os.path.join(store.db.spool.dir, _files(store)[0]), "ab") as f:  # a line no publisher of ours writes
+        f.write(json.dumps([["q", "x", 0, None, "bad-\ud800", None, None, None, 0.0]]).encode() + b"\n")
+    store.publish_spooled([_job(2)])
+    with caplog.at_level(logging.WARNING, logger="queuectl_kombu.store"):
+        assert [j.task_id for j in store.claim(["q"], 10, "w", 30)] == ["t-1", "t-2"]
+    assert "skipping an unreadable publish" in caplog.text
+
+
 def test_a_claim_moves_the_spool_in_and_takes_it_in_one_write(store: JobStore) -> None:
     for i in range(5):
         store.publish_spooled([_job(i)])
