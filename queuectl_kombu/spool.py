@@ -328,10 +328,6 @@ class Spool:
             os.unlink(os.path.join(self.dir, name))
         self.consumed.pop(name, None)
 
-    def present(self, names: Sequence[str]) -> set[str]:
-        """Which of `names` are still files of the spool."""
-        sizes = self.sizes()
-        return {name for name in names if name in sizes}
 
 
 def _written_by_anyone(target: int | str) -> bool:
