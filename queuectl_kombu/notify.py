@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -17,6 +18,10 @@ IN_MODIFY = 0x00000002
 IN_ATTRIB = 0x00000004
 IN_CLOSE_WRITE = 0x00000008
 IN_CLOSE_NOWRITE = 0x00000010
+IN_MOVED_FROM = 0x00000040
+IN_MOVED_TO = 0x00000080
+IN_CREATE = 0x00000100
+IN_DELETE = 0x00000200
 IN_DELETE_SELF = 0x00000400
 IN_MOVE_SELF = 0x00000800
 IN_IGNORED = 0x00008000
@@ -147,3 +152,71 @@ class ChangeWaiter:
             os.close(self._fd)
         self._fd = -1
         self._wd = -1
+
+
+#: What changes a directory's files: written, made, renamed in or out, deleted; and the
+#: directory itself going away.
+_DIR_MASK = (IN_MODIFY | IN_ATTRIB | IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
+             | IN_DELETE_SELF | IN_MOVE_SELF)
+
+
+class DirWatch:
+    """Whether anything in one directory changed since the last look, for the price of one
+    read(2): an inotify watch of its own (never the event loop's, whose events it would take).
+
+    The kernel queues the event of a write before write(2) returns, so a caller that calls
+    `changed()` and then looks at the files sees every write that `changed()` did not report
+    the next time. One process's: a forked child must not read its parent's events (it makes
+    its own watch, or looks every time).
+    """
+
+    def __init__(self, path: str) -> None:
+        self._fd = -1
+        self._pid = os.getpid()
+        libc = _libc()
+        if libc is None:
+            return
+        fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            return
+        if libc.inotify_add_watch(fd, os.fsencode(path), _DIR_MASK) < 0:
+            os.close(fd)
+            return
+        self._fd = fd
+
+    @property
+    def active(self) -> bool:
+        """False where there is no watch (no inotify, too many watches, the directory gone, or a
+        forked child's copy): `changed()` then always says yes."""
+        return self._fd >= 0 and self._pid == os.getpid()
+
+    def changed(self) -> bool:
+        """Whether an event came since the last call (all of them are read); True when inactive."""
+        if not self.active:
+            return True
+        came = False
+        while True:
+            try:
+                data = os.read(self._fd, 65536)
+            except BlockingIOError:
+                return came
+            except InterruptedError:
+                continue
+            except OSError:
+                self.close()
+                return True
+            came = True
+            offset = 0
+            while offset + _EVENT.size <= len(data):
+                _wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
+                if mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF):
+                    self.close()  # the directory went away: look every time from now on
+                    return True
+                offset += _EVENT.size + length
+
+    def close(self) -> None:
+        """Stop watching (this process's descriptor; a forked child's copy is only dropped)."""
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd = -1

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .exceptions import QueuectlError
+from .notify import DirWatch
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,13 @@ class Spool:
         self.consumed: dict[str, int] = {}
         #: the files found by the last look (sizes)
         self.listed: frozenset[str] = frozenset()
+        #: whether the last read() of this process stopped at TAKE_IN_BYTES with lines left
+        self.left = False
+        #: a consumer's inotify watch of the directory (watch()): sizes() looks again only after
+        #: a change, instead of at each of the many looks of a worker's wake-up
+        self._watch: DirWatch | None = None
+        self._seen: dict[str, int] | None = None
+        self._look_lock = threading.Lock()
         _writers.add(self)
 
     # -- the publisher's side -----------------------------------------------------------------
@@ -214,11 +222,35 @@ class Spool:
         self._fd = -1
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        if self._watch is not None:
+            self._watch.close()  # the parent's events are the parent's
+            self._watch = None
+        self._seen = None
+        self._look_lock = threading.Lock()
+
+    def watch(self) -> None:
+        """Watch the directory (inotify), so that sizes() lists it again only once something in
+        it changed: for a consumer, which looks at the spool several times per wake-up."""
+        if self._watch is None and os.path.isdir(self.dir):
+            self._watch = DirWatch(self.dir)
 
     # -- the reader's side (in a write transaction of the database) ---------------------------
 
-    def sizes(self) -> dict[str, int]:
-        """Each spool file's size now, by name."""
+    def sizes(self, *, look: bool = False) -> dict[str, int]:
+        """Each spool file's size now, by name. With a watch (watch()) and no change since the
+        last look, what that look found, unless `look` (a write about to move the spool in)."""
+        watch = self._watch
+        if watch is None or not watch.active:
+            return self._list()
+        with self._look_lock:
+            # events first, then the listing: a write the listing misses has an event of its own
+            if watch.changed() or look or self._seen is None:
+                self._seen = self._list()
+            else:
+                self.listed = frozenset(self._seen)
+            return dict(self._seen)
+
+    def _list(self) -> dict[str, int]:
         found: dict[str, int] = {}
         try:
             with os.scandir(self.dir) as entries:
@@ -249,7 +281,8 @@ class Spool:
         the time they were made). Files of another database are skipped (and, once nobody writes
         them, deleted with a warning)."""
         budget = TAKE_IN_BYTES
-        sizes = self.sizes()
+        sizes = self.sizes(look=True)
+        self.left = False
         for name in [name for name in self.consumed if name not in sizes]:
             del self.consumed[name]  # deleted by some process: forgotten here too
         for name, size in sorted(sizes.items()):
@@ -265,6 +298,7 @@ class Spool:
                 # looked at and then closed it (a rotation, an exit): read it to its end, once
                 # more, now that nothing more can come (_read_file looks at the lock first too).
             if budget <= 0:
+                self.left = True
                 continue  # the next write goes on from here
             try:
                 chunk = self._read_file(name, start, budget)
@@ -290,6 +324,7 @@ class Spool:
                     data += more if cut < 0 else more[:cut + 1]
                     if cut >= 0 and cut + 1 < len(more):
                         finished = False  # read on by the next write
+                        self.left = True
         except FileNotFoundError:
             return None
         end = data.rfind(b"\n") + 1

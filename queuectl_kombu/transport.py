@@ -173,6 +173,7 @@ class Transport(virtual.Transport):
         spool = self.store.db.spool
         if spool is not None and isinstance(waiter, ChangeWaiter) and waiter.spool_dir != spool.dir and spool.make_dir():
             waiter.watch_publishes(spool.dir)  # a consumer: woken by publishes spooled as well
+            spool.watch()  # and its many looks at the spool per wake-up cost a read(2) each
         return waiter
 
     def establish_connection(self) -> Transport:

@@ -381,6 +381,6 @@ def test_a_file_closed_after_its_size_was_looked_at_is_read_to_its_end_before_it
     store.publish_spooled([_job(2)])
     spool._close()  # its writer rotates: nobody holds it any more
     positions = dict(store.db.connection().execute("SELECT name, position FROM spool WHERE name <> ''"))
-    spool.sizes = lambda: stale  # type: ignore[method-assign]  # the look taken before the append
+    spool.sizes = lambda **_: stale  # type: ignore[method-assign]  # the look taken before the append
     (chunk,) = spool.read(positions)
     assert [row[4] for row in chunk.rows] == ["t-2"] and chunk.finished
