@@ -210,13 +210,18 @@ class Channel(Routing, virtual.Channel):
                 self.transport.deliver_control()  # what moving the spool in brought the control queues
         elif acked and not taken and room == 0:
             raise Empty()  # the prefetch window is full: an ack will wake us
-        if not taken and not claimed:
+        if not taken and (not claimed or (len(claimed) < limit and not self.store.spool_left())):
+            # Nothing (more) was due when the claim looked: it saw every commit made before
+            # `stamp` was taken, and after. Until the stamp changes a look would find nothing,
+            # so a worker's wake-up by its own claim's commit costs no look.
             self._empty_stamp = stamp
             due = self.store.next_due(list(self._active_queues))
             self.next_due = math.inf if due is None else due
-            raise Empty()
-        self._empty_stamp = None
-        self.next_due = math.inf
+            if not claimed:
+                raise Empty()
+        else:
+            self._empty_stamp = None
+            self.next_due = math.inf
         if claimed:
             # A control message (a revoke) committed while we claimed may have been published
             # before some of the tasks we claimed: it is handed over first.

@@ -830,7 +830,7 @@ class Database:
         """A database on a server cannot be moved away under a process."""
         return None
 
-    def checkpoint(self, truncate: bool = False) -> tuple[int, int, int]:
+    def checkpoint(self, truncate: bool = False, *, restart: bool = False) -> tuple[int, int, int]:
         """The server checkpoints its own WAL."""
         return (0, 0, 0)
 

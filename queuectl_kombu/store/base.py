@@ -117,8 +117,10 @@ class StoreBase:
         return self.db.work_stamp()
 
     def checkpoint(self) -> tuple[int, int, int]:
-        """Checkpoint the WAL: passive, or truncating once it has grown past WAL_LIMIT_BYTES."""
-        return self.db.checkpoint(truncate=self.wal_too_large())
+        """Checkpoint the WAL: passive, then what was committed meanwhile in the writers' turn
+        (db.Database.checkpoint's `restart`), or truncating once it has grown past
+        WAL_LIMIT_BYTES."""
+        return self.db.checkpoint(truncate=self.wal_too_large(), restart=True)
 
     def wal_too_large(self) -> bool:
         """Whether the WAL has grown past WAL_LIMIT_BYTES (busy readers kept it from restarting)."""

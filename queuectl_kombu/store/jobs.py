@@ -159,6 +159,12 @@ class JobChanges(ConfigStore):
         spool.consumed.update(conn.execute(Q["spool_positions"]).fetchall())
         return spool.has_new()
 
+    def spool_left(self) -> bool:
+        """Whether the last write of this process stopped moving the spool in at TAKE_IN_BYTES,
+        with more to move in (the next write goes on)."""
+        spool = self.db.spool
+        return spool is not None and spool.left
+
     def renumber_spool(self) -> None:
         """Give this file a new spool number and forget its spool's offsets (a backup's copy):
         files written for the file it was copied from are never moved into it."""
