@@ -15,8 +15,9 @@ READY_STATES: tuple[JobState, ...] = (JobState.PENDING, JobState.FAILED)
 #: Queues of Celery's remote control end with this; those of its events start with EVENT_QUEUE_PREFIX.
 CONTROL_QUEUE_SUFFIX = ".pidbox"
 EVENT_QUEUE_PREFIX = "celeryev."
-#: SQLite's WAL is checkpointed with TRUNCATE once it grows past this (readers of many processes
-#: could keep passive checkpoints from ever restarting it under a steady load).
+#: SQLite's WAL is truncated back to this size (journal_size_limit; a worker's connections cut
+#: it back to db.CHECKPOINT_BYTES), and checkpointed with TRUNCATE once it grows past it (readers
+#: of many processes can keep passive checkpoints from restarting it under a steady load).
 WAL_LIMIT_BYTES = 8 * 1024 * 1024
 #: Longest anything that waits for the file to change sleeps before it looks again anyway.
 MAX_WAIT = 1.0
