@@ -71,6 +71,12 @@ if "BENCH_BROKER" in os.environ:  # imported by a worker
         check_outcome(run_command("true"))
         record(f"{i} {start!r} {time.time()!r}\n")
 
+    @app.task(name="bench.now", ignore_result=False)
+    def now() -> float:
+        """Returns when it started (epoch seconds), through the result backend: the round trip's
+        phases (roundtrip-phases)."""
+        return time.time()
+
     @app.task(name="bench.result", ignore_result=False)
     def result(i: int) -> int:
         """Returns `i`, stored by the app's result backend (the only task that stores its result)."""

@@ -398,6 +398,36 @@ def roundtrip(run: Run, warmup: int = 20, warmup_budget: float = 10.0, budget: f
     return {"p50_ms": q[49], "p95_ms": q[94], "p99_ms": q[98], "max_ms": times[-1], "samples": len(times)}
 
 
+def roundtrip_phases(run: Run, warmup: int = 50) -> dict[str, Any]:
+    """`roundtrip`, n trips of `bench.now` (which returns when it started), each cut in three
+    phases by the clocks of the caller and the pool process: the publish (send_task returning),
+    to the task's start (the worker's wake-up, claim and hand-over to the pool), and back (the
+    result written, the caller woken, the result read). Its p99.9 and slowest trip too: one in a
+    thousand is where a stop of every writer shows."""
+    run.worker()
+    for _ in range(warmup):
+        run.app.send_task("bench.now", ignore_result=False).get(timeout=30)
+    publish, start, back, total = [], [], [], []
+    for _ in range(run.n):
+        check_interrupted()
+        t0 = time.time()
+        result = run.app.send_task("bench.now", ignore_result=False)
+        t1 = time.time()
+        started = float(result.get(timeout=30))
+        t2 = time.time()
+        publish.append((t1 - t0) * 1000)
+        start.append((started - t1) * 1000)
+        back.append((t2 - started) * 1000)
+        total.append((t2 - t0) * 1000)
+
+    def q(values: list[float], at: int, n: int = 100) -> float:
+        return statistics.quantiles(sorted(values), n=n, method="inclusive")[at - 1]
+
+    return {"publish_p50_ms": q(publish, 50), "start_p50_ms": q(start, 50), "back_p50_ms": q(back, 50),
+            "p50_ms": q(total, 50), "p99_ms": q(total, 99), "p999_ms": q(total, 999, 1000), "max_ms": max(total),
+            "samples": len(total)}
+
+
 #: A CPU-bound process beside the round trip of `roundtrip-busy` (one per core). It ends on its
 #: own once its parent is gone, should the bench be killed before it can end it.
 BUSY = "import os, sys\nwhile os.getppid() == int(sys.argv[1]):\n    for _ in range(100_000): pass\n"
@@ -595,6 +625,16 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in (
     Workload("roundtrip", roundtrip, (Metric("p50_ms", "roundtrip p50, ms", False, 1, unit="ms"),
                                       Metric("p95_ms", "roundtrip p95, ms", False, 1, unit="ms"),
                                       Metric("p99_ms", "roundtrip p99, ms", False, 1, unit="ms")), 200),
+    Workload("roundtrip-phases", roundtrip_phases,
+             (Metric("publish_p50_ms", "roundtrip {n}: publish p50, ms", False, 2, unit="ms"),
+              Metric("start_p50_ms", "roundtrip {n}: from the publish to the task's start, p50, ms", False, 2,
+                     unit="ms"),
+              Metric("back_p50_ms", "roundtrip {n}: from the task's start to the result read, p50, ms", False, 2,
+                     unit="ms"),
+              Metric("p50_ms", "roundtrip {n}: p50, ms", False, 2, unit="ms"),
+              Metric("p99_ms", "roundtrip {n}: p99, ms", False, 2, unit="ms"),
+              Metric("p999_ms", "roundtrip {n}: p99.9, ms", False, 1, unit="ms"),
+              Metric("max_ms", "roundtrip {n}: slowest trip, ms", False, 1, unit="ms")), 3000),
     Workload("roundtrip-busy", roundtrip_busy,
              (Metric("p50_ms", "roundtrip beside a busy process per core, p50, ms", False, 1, unit="ms"),
               Metric("p99_ms", "roundtrip beside a busy process per core, p99, ms", False, 1, unit="ms"),
