@@ -220,3 +220,8 @@ class DirWatch:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
         self._fd = -1
+
+    def __del__(self) -> None:
+        # a spool dropped (its database replaced, its directory unusable) frees its inotify
+        # instance, of which a user has few (fs.inotify.max_user_instances, often 128)
+        self.close()

@@ -52,6 +52,9 @@ ROTATE_BYTES = 4 * 1024 * 1024
 #: A write moves in at most about this much of the spool (whole lines; the rest by the next
 #: write): its transaction stays short, and a backlog is not read into memory at once.
 TAKE_IN_BYTES = 1024 * 1024
+#: A consumer that watches the directory lists it again after this long even with no event
+#: (a listing that failed is never kept): the same bound as any wait for a change (MAX_WAIT).
+LOOK_AGAIN = 1.0
 _SUFFIX = ".jobs"
 _FORMAT = 1
 
@@ -122,6 +125,8 @@ class Spool:
         #: a change, instead of at each of the many looks of a worker's wake-up
         self._watch: DirWatch | None = None
         self._seen: dict[str, int] | None = None
+        self._seen_at = 0.0
+        self._listed_whole = False
         self._look_lock = threading.Lock()
         _writers.add(self)
 
@@ -231,8 +236,9 @@ class Spool:
     def watch(self) -> None:
         """Watch the directory (inotify), so that sizes() lists it again only once something in
         it changed: for a consumer, which looks at the spool several times per wake-up."""
-        if self._watch is None and os.path.isdir(self.dir):
-            self._watch = DirWatch(self.dir)
+        with self._look_lock:
+            if self._watch is None and os.path.isdir(self.dir):
+                self._watch = DirWatch(self.dir)
 
     # -- the reader's side (in a write transaction of the database) ---------------------------
 
@@ -243,14 +249,18 @@ class Spool:
         if watch is None or not watch.active:
             return self._list()
         with self._look_lock:
-            # events first, then the listing: a write the listing misses has an event of its own
-            if watch.changed() or look or self._seen is None:
-                self._seen = self._list()
-            else:
-                self.listed = frozenset(self._seen)
+            # events first, then the listing: a write the listing misses has an event of its own;
+            # and at least once every LOOK_AGAIN seconds whatever the watch says
+            now = time.monotonic()
+            if watch.changed() or look or self._seen is None or now - self._seen_at > LOOK_AGAIN:
+                found = self._list()
+                self._seen, self._seen_at = (found, now) if self._listed_whole else (None, 0.0)
+                return found
+            self.listed = frozenset(self._seen)
             return dict(self._seen)
 
     def _list(self) -> dict[str, int]:
+        self._listed_whole = False  # until the directory was read to its end
         found: dict[str, int] = {}
         try:
             with os.scandir(self.dir) as entries:
@@ -258,8 +268,9 @@ class Spool:
                     if entry.name.endswith(_SUFFIX):
                         with contextlib.suppress(FileNotFoundError):
                             found[entry.name] = entry.stat().st_size
+            self._listed_whole = True
         except FileNotFoundError:
-            pass
+            self._listed_whole = True  # no directory: no publishes
         except OSError as exc:  # a directory this process may not read: another user's
             if not self._warned:
                 self._warned = True
