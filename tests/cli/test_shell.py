@@ -114,6 +114,15 @@ def test_check_outcome_passes_a_success_through() -> None:
     assert check_outcome(outcome) == outcome.as_dict()
 
 
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler for `signum` (its SigCgt mask in /proc)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
 def test_sigterm_to_the_process_running_a_command_kills_its_group_too(tmp_path: Path) -> None:
     # What Celery's revoke(terminate=True) does to a prefork pool process (SIGTERM at its default
     # action there): the command runs in a session of its own, which the signal does not reach.
@@ -123,6 +132,9 @@ def test_sigterm_to_the_process_running_a_command_kills_its_group_too(tmp_path: 
     try:
         wait_for(lambda: pids.exists() and pids.read_text().strip(), 30, what="the command to start")
         grandchild = int(pids.read_text())
+        # run_command catches SIGTERM once the command has started: a loaded machine can run the
+        # command's first line before that (CI once did, and the signal found nobody to kill)
+        wait_for(lambda: _catches(proc.pid, signal.SIGTERM), 30, what="run_command's SIGTERM handler")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == -signal.SIGTERM  # it still dies of the signal, as Celery expects
         wait_for(lambda: not pid_running(grandchild), 5, what=f"process {grandchild} to be killed")
