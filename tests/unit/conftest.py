@@ -18,3 +18,12 @@ def store(db_target: str, clock: Clock) -> Iterator[JobStore]:
     s.open()
     yield s
     s.close()
+
+
+@pytest.fixture
+def sqlite_store(db_path: str) -> Iterator[JobStore]:
+    """A JobStore on a fresh SQLite file, for what only a SQLite file has (its spool, its WAL)."""
+    s = JobStore(db_path)
+    s.open()
+    yield s
+    s.close()

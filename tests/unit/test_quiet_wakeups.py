@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from kombu import Connection, Consumer, Queue
 
 from queuectl_kombu import JobStore, NewJob
 from queuectl_kombu.db import CHECKPOINT_BYTES
@@ -35,11 +36,9 @@ def _run(code: str, *args: str) -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> JobStore:
-    s = JobStore(str(tmp_path / "quiet.db"))
-    s.open()
-    yield s
-    s.close()
+def store(sqlite_store: JobStore) -> JobStore:
+    """SQLite only (tests/unit/conftest.py)."""
+    return sqlite_store
 
 
 def test_a_dir_watch_reports_a_write_once_and_then_nothing(tmp_path: Path) -> None:
@@ -110,6 +109,25 @@ def test_own_claims_and_acks_leave_the_work_stamp_and_work_moves_it(store: JobSt
     work = db.work_commits
     store.claim(["q"], 10, "w", 30)  # a claim (no work) that moves the spooled publish in (work)
     assert db.work_commits > work
+
+
+def test_a_claim_that_took_less_than_it_could_needs_no_look_until_something_changes(db_path: str) -> None:
+    """A worker's claim that found fewer messages than it had room for records the stamp it saw:
+    the wake-up by its own commit then finds nothing new and costs no look. A publish after it
+    is new."""
+    got: list[str] = []
+    with Connection(f"sqlite:///{db_path}") as conn:
+        queue = Queue("pq")
+        with Consumer(conn, [queue], callbacks=[lambda body, message: None]) as consumer:
+            channel = consumer.channel
+            producer = conn.Producer()
+            producer.publish({"n": 1}, routing_key="pq", declare=[queue])
+            assert channel.deliver(lambda message, name: got.append(message), 4) == 1  # room for 4
+            assert channel.nothing_new()  # before: a look at every wake-up after a claim
+            producer.publish({"n": 2}, routing_key="pq")
+            assert not channel.nothing_new()
+            assert channel.deliver(lambda message, name: got.append(message), 4) == 1
+    assert len(got) == 2
 
 
 def _wal_frames(db_path: str) -> int:

@@ -41,11 +41,9 @@ def _task_ids(store: JobStore) -> list[str]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> JobStore:
-    s = JobStore(str(tmp_path / "spool.db"))
-    s.open()
-    yield s
-    s.close()
+def store(sqlite_store: JobStore) -> JobStore:
+    """SQLite only (tests/unit/conftest.py)."""
+    return sqlite_store
 
 
 def test_a_spooled_publish_is_in_no_table_until_a_write_moves_it_in(store: JobStore) -> None:
